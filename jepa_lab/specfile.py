@@ -53,7 +53,7 @@ class Source:
     def where(self, loc: Loc) -> str:
         for end in range(len(loc), -1, -1):
             if loc[:end] in self.overrides:
-                return f"--set {self.overrides[loc[:end]]}"
+                return f"--set {shorten(self.overrides[loc[:end]])}"
             if end and loc[:end] in self.lines:
                 return f"{self.path}:{self.lines[loc[:end]]}"
         return f"{self.path}:{self.lines.get((), 1)}"
@@ -127,7 +127,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise SpecError([f"--set {shorten(item)}: expected KEY.PATH=VALUE, e.g. mask.ratio=0.6"])
     try:
         value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer too long to convert
         value = raw
     return [p.strip() for p in parts], value
 
@@ -223,6 +223,9 @@ def _message(model: type[BaseModel], error: Any, data: Any, loc: Loc) -> str:
             hint = f"did you mean '{close[0]}'? " if close else ""
             return f"unknown field: {hint}allowed: {', '.join(allowed)}"
         return "unknown field"
+    if kind == "union_tag_invalid":
+        expected = error["ctx"]["expected_tags"]
+        return f"unknown {loc[-1]} {shorten(error['ctx']['tag'])!r}: expected one of {expected}"
     if kind == "missing":
         return "field required"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
@@ -240,6 +243,8 @@ def validate(model: type[M], data: Any, source: Source) -> M:
         lines = []
         for error in exc.errors():
             loc = _display_loc(tuple(error["loc"]), data)
+            if error["type"] == "union_tag_invalid":  # point at the tag itself
+                loc = (*loc, error["ctx"]["discriminator"].strip("'"))
             dotted = ".".join(str(p) for p in loc) or "(top level)"
             lines.append(f"{source.where(loc)}: {dotted}: {_message(model, error, data, loc)}")
         raise SpecError(lines) from None

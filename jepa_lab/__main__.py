@@ -1,0 +1,3 @@
+from jepa_lab.cli import main
+
+main()

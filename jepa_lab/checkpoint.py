@@ -1,0 +1,74 @@
+"""Atomic checkpoints that resume on any world size and load with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jepa_lab.spec import ExperimentSpec
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable or belongs to another spec."""
+
+
+def save_checkpoint(
+    path: Path,
+    spec: ExperimentSpec,
+    step: int,
+    model: nn.Module,
+    strategy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Write the training state at ``step`` (steps done) to ``path`` atomically.
+
+    Plain state dicts of the unwrapped modules: a checkpoint from N ranks resumes on M ranks.
+    """
+    state = {
+        "spec": spec.to_dict(),
+        "spec_digest": spec.digest(),
+        "step": step,
+        "model": model.state_dict(),
+        "strategy": strategy.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The raw state of a checkpoint (tensors on the CPU)."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: nothing to resume (drop --resume)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc.__class__.__name__})") from exc
+
+
+def load_checkpoint(
+    path: Path,
+    spec: ExperimentSpec,
+    model: nn.Module,
+    strategy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> int:
+    """Restore the state saved at ``path`` into the given modules; returns the steps done."""
+    state = read_checkpoint(path)
+    if state["spec_digest"] != spec.digest():
+        raise CheckpointError(
+            f"{path} was written by another spec (digest {state['spec_digest']}, this spec "
+            f"{spec.digest()}): resume with the same spec or start a new run directory"
+        )
+    model.load_state_dict(state["model"])
+    strategy.load_state_dict(state["strategy"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"])
+    return int(state["step"])

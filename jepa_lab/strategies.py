@@ -1,0 +1,155 @@
+"""Collapse-prevention strategies behind one narrow interface.
+
+Each strategy decides three things, and nothing else:
+
+- ``target_tokens(images, full)``: the (B, N, K) tokens predictions are compared with;
+- ``loss(loss_pred, full, context, step)``: the total loss and the regulariser's value;
+- ``update(encoder, step)``: what happens after each optimiser step (the EMA).
+
+and names the encoder evaluation uses (``eval_encoder``). Adding a strategy means a spec class in
+the union, a module here and one ``case`` in :func:`build_strategy`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from jepa_lab.losses import AllReduce, sigreg, sigreg_directions
+from jepa_lab.models import Encoder
+from jepa_lab.spec import EmaSpec, NoneSpec, SigregSpec, StrategySpec
+
+
+def momentum_at(spec: EmaSpec, step: int, total_steps: int) -> float:
+    """EMA momentum at ``step``: linear from momentum_start to momentum_end over the run."""
+    progress = min(step / max(total_steps, 1), 1.0)
+    return spec.momentum_start + (spec.momentum_end - spec.momentum_start) * progress
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, for every parameter at once."""
+    target_params = list(target.parameters())
+    online_params = [p.detach() for p in online.parameters()]
+    torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
+
+
+class EmaStrategy(nn.Module):
+    """I-JEPA: targets from an EMA copy of the context encoder, which receives no gradient."""
+
+    needs_full_pass = False
+
+    def __init__(self, spec: EmaSpec, encoder: Encoder, total_steps: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.total_steps = total_steps
+        self.target = copy.deepcopy(encoder).requires_grad_(False)
+
+    def target_tokens(self, images: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.target(images)
+
+    def loss(
+        self, loss_pred: torch.Tensor, full: torch.Tensor | None, context: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return loss_pred, None
+
+    def update(self, encoder: Encoder, step: int) -> None:
+        ema_update(self.target, encoder, momentum_at(self.spec, step, self.total_steps))
+
+    def eval_encoder(self, encoder: Encoder) -> nn.Module:
+        return self.target
+
+
+class SigregStrategy(nn.Module):
+    """LeJEPA: targets from the online encoder's full-image pass, SIGReg keeps it from collapse.
+
+    ``loss = (1 - lambda) * prediction + lambda * SIGReg``. Under DDP, pass the autograd-aware
+    all-reduce and the world size so SIGReg is the statistic of the global batch.
+    """
+
+    needs_full_pass = True
+
+    def __init__(
+        self, spec: SigregSpec, all_reduce_mean: AllReduce | None = None, world_size: int = 1
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.all_reduce_mean = all_reduce_mean
+        self.world_size = world_size
+
+    def target_tokens(self, images: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
+        assert full is not None
+        return full.detach() if self.spec.stop_gradient else full
+
+    def regularised(self, full: torch.Tensor | None, context: torch.Tensor) -> torch.Tensor:
+        """The (n, K) embeddings SIGReg sees: pooled per image, or every token."""
+        source, how = self.spec.embeddings.split("_")
+        tokens = full if source == "target" else context
+        assert tokens is not None
+        return tokens.mean(1) if how == "pooled" else tokens.flatten(0, 1)
+
+    def loss(
+        self, loss_pred: torch.Tensor, full: torch.Tensor | None, context: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = self.regularised(full, context)
+        directions = sigreg_directions(z.shape[-1], self.spec.directions, step)
+        reg = sigreg(
+            z, directions, self.spec.knots, self.spec.t_max, self.all_reduce_mean, self.world_size
+        )
+        lam = self.spec.lambda_
+        return (1 - lam) * loss_pred + lam * reg, reg
+
+    def update(self, encoder: Encoder, step: int) -> None:
+        return None
+
+    def eval_encoder(self, encoder: Encoder) -> nn.Module:
+        return encoder
+
+
+class NoneStrategy(nn.Module):
+    """No collapse prevention: the online encoder is its own target (the collapse baseline)."""
+
+    needs_full_pass = True
+
+    def __init__(self, spec: NoneSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def target_tokens(self, images: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
+        assert full is not None
+        return full.detach() if self.spec.stop_gradient else full
+
+    def loss(
+        self, loss_pred: torch.Tensor, full: torch.Tensor | None, context: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return loss_pred, None
+
+    def update(self, encoder: Encoder, step: int) -> None:
+        return None
+
+    def eval_encoder(self, encoder: Encoder) -> nn.Module:
+        return encoder
+
+
+Strategy = EmaStrategy | SigregStrategy | NoneStrategy
+
+
+def build_strategy(
+    spec: StrategySpec,
+    encoder: Encoder,
+    total_steps: int,
+    all_reduce_mean: AllReduce | None = None,
+    world_size: int = 1,
+) -> Strategy:
+    """The strategy module for ``spec``; ``encoder`` is the (unwrapped) context encoder."""
+    match spec:
+        case EmaSpec():
+            return EmaStrategy(spec, encoder, total_steps)
+        case SigregSpec():
+            return SigregStrategy(spec, all_reduce_mean, world_size)
+        case NoneSpec():
+            return NoneStrategy(spec)
+    raise TypeError(f"unknown strategy spec {type(spec).__name__}")

@@ -1,0 +1,257 @@
+"""The one training loop shared by every strategy.
+
+Every random choice of a step (its batch, augmentation and masks) is a pure function of the
+run's seed and the step, drawn for the *global* batch; each rank takes its rows. So a resumed run
+replays nothing, and N ranks x B/N compute what 1 rank x B computes. The loop reads nothing back
+from the device except at log steps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from jepa_lab.checkpoint import load_checkpoint, save_checkpoint
+from jepa_lab.data import Dataset, augment, batch_indices, load_dataset
+from jepa_lab.distributed import World, join_world, leave_world
+from jepa_lab.evaluate import evaluate
+from jepa_lab.masks import Masks, sample_masks
+from jepa_lab.models import build_model
+from jepa_lab.objective import jepa_losses
+from jepa_lab.provenance import provenance
+from jepa_lab.spec import EmaSpec, ExperimentSpec, LossSpec, OptimSpec
+from jepa_lab.strategies import Strategy, build_strategy, momentum_at
+
+Log = Callable[[Mapping[str, float], int], None]
+Progress = Callable[[str, int, int], None]
+
+
+class TrainingError(Exception):
+    """Training cannot go on (non-finite loss, bad world size); the message names the step."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Machine settings: where and how a spec runs, never what it means."""
+
+    device: str | None = None  # None: CUDA, then MPS, then CPU
+    data_dir: Path | None = None
+    run_dir: Path | None = None  # checkpoint and result.json go here
+    resume: bool = False
+    compile: bool = False
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    stop_at: int | None = None  # stop (with a checkpoint) after this many steps: interruptions
+
+
+@dataclass
+class TrainResult:
+    spec: ExperimentSpec
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    provenance: dict[str, str | bool | None] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    completed: bool = True
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name is not None:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def lr_at(spec: OptimSpec, step: int, total: int) -> float:
+    """Linear warmup lr_start -> lr over ``warmup * total`` steps, then cosine to lr_end."""
+    warmup = int(spec.warmup * total)
+    if step < warmup:
+        return spec.lr_start + (spec.lr - spec.lr_start) * step / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return spec.lr_end + (spec.lr - spec.lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def weight_decay_at(spec: OptimSpec, step: int, total: int) -> float:
+    """Cosine ramp from weight_decay_start to weight_decay_end over the run (I-JEPA)."""
+    progress = min(step / max(total, 1), 1.0)
+    start, end = spec.weight_decay_start, spec.weight_decay_end
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, spec: OptimSpec, fused: bool) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and other 1-D parameters (norms)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, fused=fused or None)
+
+
+def seed_for(seed: int, step: int, stream: int) -> int:
+    """A distinct generator seed per (run seed, step, random stream)."""
+    return (seed * 1_000_003 + step) * 16 + stream
+
+
+def global_batch(
+    spec: ExperimentSpec, data: Dataset, step: int, device: torch.device
+) -> tuple[torch.Tensor, Masks]:
+    """Augmented images (B, C, H, W) and masks of the global batch at ``step``."""
+    batch = spec.optim.batch_size
+    index = batch_indices(len(data.train_labels), batch, step, spec.seed).to(device)
+    generator = torch.Generator(device).manual_seed(seed_for(spec.seed, step, 1))
+    images = augment(data.train_images[index], spec.data.augment, data.mean, data.std, generator)
+    masks = sample_masks(spec.mask, spec.grid, batch, seed_for(spec.seed, step, 2))
+    if device.type == "cuda":  # pinned, so the copy does not wait for the device queue
+        masks = Masks(masks.context.pin_memory(), masks.targets.pin_memory())
+    return images, masks.to(device)
+
+
+def train_step(
+    model: nn.Module,
+    strategy: Strategy,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    masks: Masks,
+    loss_spec: LossSpec,
+    step: int,
+    grad_clip: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Forward, backward, optimiser step and strategy update; returns detached losses."""
+    device = images.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        losses = jepa_losses(model, strategy, images, masks, loss_spec, step)
+    loss = losses.total
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    encoder = model.module.encoder if hasattr(model, "module") else model.encoder
+    strategy.update(encoder, step)
+    reg = losses.regulariser
+    return loss.detach(), losses.prediction.detach(), None if reg is None else reg.detach()
+
+
+def _nothing(*_: object) -> None:
+    return None
+
+
+def train(
+    spec: ExperimentSpec,
+    log: Log = _nothing,
+    progress: Progress = _nothing,
+    options: TrainOptions | None = None,
+) -> TrainResult:
+    """Pre-train ``spec``, evaluate it (rank 0) and return the result."""
+    options = options or TrainOptions()
+    device = pick_device(options.device)
+    if device.type == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    world = join_world(device)
+    try:
+        return _run(spec, log, progress, options, device, world)
+    finally:
+        leave_world(world)
+
+
+def _run(
+    spec: ExperimentSpec,
+    log: Log,
+    progress: Progress,
+    options: TrainOptions,
+    device: torch.device,
+    world: World,
+) -> TrainResult:
+    if spec.optim.batch_size % world.size:
+        raise TrainingError(
+            f"optim.batch_size {spec.optim.batch_size} is the global batch and must divide "
+            f"evenly over {world.size} processes: pick a multiple of {world.size}"
+        )
+    data = load_dataset(spec.data, options.data_dir).to(device)
+    total = spec.optim.total_steps(len(data.train_labels))
+    model = build_model(spec.model, spec.data.image_size, spec.data.channels, spec.seed).to(device)
+    strategy = build_strategy(
+        spec.strategy, model.encoder, total, world.all_reduce_mean(), world.size
+    ).to(device)
+    optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
+    checkpoint = options.run_dir / "checkpoint.pt" if options.run_dir else None
+    start = 0
+    if options.resume and checkpoint is not None:
+        start = load_checkpoint(checkpoint, spec, model, strategy, optimizer)
+    trained: nn.Module = model
+    if world.size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if options.compile:
+        trained = torch.compile(trained)  # type: ignore[assignment]
+    stop = min(total, options.stop_at or total)
+    sums = torch.zeros(3, device=device)  # loss, loss_pred, loss_reg since the last log
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    result = TrainResult(spec, start, provenance=provenance(device))
+    window_start, window_steps = time.perf_counter(), 0
+    began = window_start
+    for step in range(start, stop):
+        lr, wd = lr_at(spec.optim, step, total), weight_decay_at(spec.optim, step, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            group["weight_decay"] = 0.0 if group.get("no_decay") else wd
+        images, masks = global_batch(spec, data, step, device)
+        rows = world.shard(spec.optim.batch_size)
+        loss, loss_pred, reg = train_step(
+            trained, strategy, optimizer, images[rows], masks.rows(rows.start, rows.stop),
+            spec.loss, step, spec.optim.grad_clip,
+        )  # fmt: skip
+        parts = torch.stack([loss, loss_pred, reg if reg is not None else torch.zeros_like(loss)])
+        sums += parts
+        first_bad = torch.where(
+            (first_bad < 0) & ~torch.isfinite(loss), torch.tensor(step, device=device), first_bad
+        )
+        window_steps += 1
+        done = step + 1
+        if world.is_main:
+            progress("train", done, total)
+        if done % spec.log_every == 0 or done == stop:
+            if int(first_bad) >= 0:
+                raise TrainingError(f"loss became non-finite at step {int(first_bad)}: {spec.name}")
+            elapsed = time.perf_counter() - window_start
+            means = (sums / window_steps).tolist()
+            row = {
+                "train/loss": means[0],
+                "train/loss_pred": means[1],
+                "train/loss_reg": means[2],
+                "train/lr": lr,
+                "train/weight_decay": wd,
+                "train/images_per_second": window_steps * spec.optim.batch_size / elapsed,
+            }
+            if isinstance(spec.strategy, EmaSpec):
+                row["train/momentum"] = momentum_at(spec.strategy, step, total)
+            result.history.append({"step": float(done), **row})
+            if world.is_main:
+                log(row, done)
+            sums.zero_()
+            window_start, window_steps = time.perf_counter(), 0
+        if checkpoint and options.checkpoint_every and done % options.checkpoint_every == 0:
+            if world.is_main:
+                save_checkpoint(checkpoint, spec, done, model, strategy, optimizer)
+    result.steps = stop
+    result.train_seconds = time.perf_counter() - began
+    result.images_per_second = (stop - start) * spec.optim.batch_size / result.train_seconds
+    if checkpoint and world.is_main:
+        save_checkpoint(checkpoint, spec, stop, model, strategy, optimizer)
+    if stop < total:
+        result.completed = False
+        return result
+    if world.is_main:
+        result.metrics = evaluate(spec, data, model, strategy, device, progress)
+        log(result.metrics, stop)
+    return result

@@ -1,0 +1,84 @@
+"""Masks: counts, disjointness, determinism, coverage and termination on small grids."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jepa_lab.masks import block_shape, max_target_tokens, sample_masks
+from jepa_lab.spec import MultiBlockMaskSpec, RandomMaskSpec
+
+MULTIBLOCK = MultiBlockMaskSpec(scheme="multiblock")
+
+
+@pytest.mark.parametrize("grid", [4, 7, 8, 14])
+def test_multiblock_shapes_and_disjointness(grid: int) -> None:
+    # On a 4x4 grid four blocks of up to 4 tokens could leave too little context (the spec
+    # validation refuses that), so that grid gets three.
+    spec = MULTIBLOCK if grid > 4 else MultiBlockMaskSpec(scheme="multiblock", n_targets=3)
+    assert spec.n_targets * max_target_tokens(spec, grid) <= grid * grid - spec.min_context
+    for seed in range(50):
+        masks = sample_masks(spec, grid, 32, seed)
+        batch, blocks, n_target = masks.targets.shape
+        assert (batch, blocks) == (32, spec.n_targets) and masks.context.shape[0] == 32
+        assert masks.context.shape[1] >= spec.min_context
+        for row in range(batch):
+            context = set(masks.context[row].tolist())
+            targets = set(masks.targets[row].flatten().tolist())
+            assert len(context) == masks.context.shape[1]  # no repeated context token
+            assert not context & targets
+            assert max(context | targets) < grid * grid
+
+
+def test_target_blocks_are_rectangles_of_the_drawn_size() -> None:
+    masks = sample_masks(MULTIBLOCK, 8, 16, seed=3)
+    n_target = masks.targets.shape[2]
+    for block in masks.targets.reshape(-1, n_target):
+        rows, cols = block // 8, block % 8
+        height = int(rows.max() - rows.min() + 1)
+        width = int(cols.max() - cols.min() + 1)
+        assert height * width == n_target
+
+
+def test_blocks_reach_every_cell_of_the_grid() -> None:
+    """The official sampler never masks the last row/column; ours must cover the whole grid."""
+    seen = torch.zeros(49, dtype=torch.bool)
+    for seed in range(30):
+        seen[sample_masks(MULTIBLOCK, 7, 64, seed).targets.flatten()] = True
+    assert bool(seen.all())
+
+
+def test_masks_are_a_pure_function_of_the_seed() -> None:
+    first, again = sample_masks(MULTIBLOCK, 7, 8, 11), sample_masks(MULTIBLOCK, 7, 8, 11)
+    other = sample_masks(MULTIBLOCK, 7, 8, 12)
+    assert torch.equal(first.context, again.context) and torch.equal(first.targets, again.targets)
+    assert not torch.equal(first.targets, other.targets)
+
+
+def test_a_rank_shard_is_the_rows_of_the_global_draw() -> None:
+    masks = sample_masks(MULTIBLOCK, 7, 8, 5)
+    half = masks.rows(4, 8)
+    assert torch.equal(half.targets, masks.targets[4:]) and torch.equal(half.context, masks.context[4:])
+
+
+def test_tight_grid_terminates_and_keeps_min_context() -> None:
+    spec = MultiBlockMaskSpec(
+        scheme="multiblock", n_targets=2, target_scale=(0.2, 0.3), min_context=3
+    )
+    assert 2 * max_target_tokens(spec, 4) <= 16 - 3
+    for seed in range(200):
+        assert sample_masks(spec, 4, 16, seed).context.shape[1] >= 3
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_random_masks_split_the_grid(ratio: float) -> None:
+    masks = sample_masks(RandomMaskSpec(scheme="random", ratio=ratio), 8, 16, 0)
+    assert masks.targets.shape == (16, 1, round(ratio * 64))
+    assert masks.context.shape == (16, 64 - round(ratio * 64))
+    both = torch.cat([masks.context, masks.targets[:, 0]], dim=1).sort(dim=1).values
+    assert torch.equal(both, torch.arange(64).expand(16, -1))
+
+
+def test_block_shape_is_clamped_to_the_grid() -> None:
+    assert block_shape(1.0, 4.0, 7) == (7, 4)
+    assert block_shape(0.01, 1.0, 7) == (1, 1)
