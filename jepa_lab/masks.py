@@ -9,7 +9,8 @@ small index tensors travel to the device.
 Fixes over the official sampler (Assran et al. 2023, arXiv:2301.08243): scale and aspect come from
 independent draws, a block can sit anywhere on the grid (the last row and column included), and
 sampling never loops: when the context block minus the targets keeps too few tokens, the whole
-grid minus the targets is used, which the spec validation guarantees is large enough.
+grid minus the targets is used, and when even that is too small (blocks tiling the grid), the
+image keeps a single target block, which the spec validation guarantees leaves enough.
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ def _random_corner(
     return top, left
 
 
+def _covered(targets: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(B, N) True where any of the target blocks (B, T, n) lies."""
+    covered = torch.zeros(targets.shape[0], tokens, dtype=torch.bool)
+    return covered.scatter_(1, targets.flatten(1), True)
+
+
 def _pick(allowed: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """``count`` distinct random indices (sorted) among the True entries of ``allowed`` (B, N)."""
     scores = torch.rand(allowed.shape, generator=generator).masked_fill(~allowed, -1.0)
@@ -107,8 +114,12 @@ def sample_multiblock(
         ],
         dim=1,
     )  # (B, T, h*w)
-    covered = torch.zeros(batch, tokens, dtype=torch.bool)
-    covered.scatter_(1, targets.flatten(1), True)
+    covered = _covered(targets, tokens)
+    # Rarely the blocks tile nearly the whole grid; such rows keep only their first block (T
+    # copies of it), which the spec validation guarantees leaves min_context tokens free.
+    crowded = (tokens - covered.sum(1)) < spec.min_context
+    targets = torch.where(crowded[:, None, None], targets[:, :1].expand_as(targets), targets)
+    covered = torch.where(crowded[:, None], _covered(targets, tokens), covered)
 
     ch, cw = block_shape(_uniform(generator, *spec.context_scale), 1.0, grid)
     in_block = torch.zeros(batch, tokens, dtype=torch.bool)

@@ -367,13 +367,12 @@ class ExperimentSpec(Spec):
         if tokens < 4:
             raise ValueError(f"patch_size {patch} leaves {tokens} tokens: use a smaller patch")
         if isinstance(self.mask, MultiBlockMaskSpec):
-            worst = self.mask.n_targets * max_target_tokens(self.mask, grid)
-            if worst > tokens - self.mask.min_context:
+            largest = max_target_tokens(self.mask, grid)
+            if largest > tokens - self.mask.min_context:
                 raise ValueError(
-                    f"mask: {self.mask.n_targets} target blocks of up to "
-                    f"{max_target_tokens(self.mask, grid)} tokens can cover {worst} of the "
-                    f"{tokens} tokens of the {grid}x{grid} grid, leaving fewer than "
-                    f"min_context={self.mask.min_context}: lower n_targets or target_scale"
+                    f"mask: a target block can cover {largest} of the {tokens} tokens of the "
+                    f"{grid}x{grid} grid, leaving fewer than min_context={self.mask.min_context} "
+                    "context tokens: lower mask.target_scale or mask.min_context"
                 )
         else:
             n_target = round(self.mask.ratio * tokens)

@@ -44,8 +44,8 @@ def test_unknown_and_out_of_range_fields_are_located() -> None:
 def test_geometry_errors(smoke_path: Path) -> None:
     [message] = errors(smoke_path, ["model.patch_size=5"])
     assert "patch_size 5 does not divide the image size 16" in message
-    [message] = errors(smoke_path, ["mask.n_targets=8"])
-    assert "target blocks" in message and "min_context" in message
+    [message] = errors(smoke_path, ["mask.target_scale=[0.9, 1.0]"])
+    assert "a target block can cover 16 of the 16 tokens" in message
 
 
 def test_unknown_strategy_kind(smoke_path: Path) -> None:
