@@ -57,13 +57,8 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> Dataset:
         """The same dataset with its four tensors on ``device``."""
-        return replace(
-            self,
-            train_images=self.train_images.to(device),
-            train_labels=self.train_labels.to(device),
-            test_images=self.test_images.to(device),
-            test_labels=self.test_labels.to(device),
-        )
+        names = ("train_images", "train_labels", "test_images", "test_labels")
+        return replace(self, **{name: getattr(self, name).to(device) for name in names})
 
     @property
     def n_classes(self) -> int:
@@ -73,7 +68,6 @@ class Dataset:
 
 # ------------------------------------------------------------------------------- locations
 
-_FOLDERS = {"fashion-mnist": "fashion-mnist", "cifar10": "cifar10"}
 # SHA-256 of each official file's decompressed payload (the .gz bytes vary with the compressor).
 _FASHION_SHA256 = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -88,9 +82,10 @@ _CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"  # the only checksum the authors publish
 _TIMEOUT_S = 30
-_FIXES = {
-    "fashion-mnist": "put the four official Fashion-MNIST *-ubyte.gz files in one of those places",
-    "cifar10": f"put the official {_CIFAR_DIR} folder in one of those places",
+_SYSTEM_ROOT = Path("/usr/share/datasets")  # where Debian's dataset packages install
+_WHAT = {
+    "fashion-mnist": "four official Fashion-MNIST *-ubyte.gz files",
+    "cifar10": f"official {_CIFAR_DIR} folder",
 }
 
 
@@ -102,20 +97,20 @@ def _cache_root() -> Path:
 def search_roots(data_dir: str | Path | None) -> list[Path]:
     """Roots searched for datasets, in order: ``data_dir`` (else $JEPA_LAB_DATA), cache, system.
 
-    The cache is ($XDG_CACHE_HOME or ~/.cache)/jepa-lab, where downloads go; /usr/share/datasets
-    is where Debian's packages install datasets.
+    The cache is ($XDG_CACHE_HOME or ~/.cache)/jepa-lab, where downloads go; the system root is
+    /usr/share/datasets.
     """
     roots = []
     if data_dir is not None:
         roots.append(Path(data_dir).expanduser())
     elif os.environ.get("JEPA_LAB_DATA"):
         roots.append(Path(os.environ["JEPA_LAB_DATA"]).expanduser())
-    return [*roots, _cache_root(), Path("/usr/share/datasets")]
+    return [*roots, _cache_root(), _SYSTEM_ROOT]
 
 
 def _candidates(name: str, roots: list[Path]) -> list[Path]:
     """Folders that may hold ``name``'s files: <root>/<name>, then the root itself."""
-    return [folder for root in roots for folder in (root / _FOLDERS[name], root)]
+    return [folder for root in roots for folder in (root / name, root)]
 
 
 def _find(name: str, roots: list[Path]) -> Path | None:
@@ -137,24 +132,17 @@ def _locate(name: str, roots: list[Path], download: bool) -> Path:
     if found is not None:
         return found
     looked = ", ".join(str(folder) for folder in _candidates(name, roots))
-    fix = f"{_FIXES[name]}, or pass --data-dir / set JEPA_LAB_DATA"
+    missing = f"dataset {name!r} not found (looked in: {looked})"
+    fix = f"put the {_WHAT[name]} in one of those places, or pass --data-dir / set JEPA_LAB_DATA"
     if not download:
-        raise DataError(
-            f"dataset {name!r} not found (looked in: {looked}) and download is off: {fix}"
-        )
+        raise DataError(f"{missing} and download is off: {fix}")
     try:
-        if name == "fashion-mnist":
-            _download_fashion(_cache_root() / _FOLDERS[name])
-        else:
-            _download_cifar(_cache_root() / _FOLDERS[name])
-    except (OSError, DataError) as err:  # URLError and timeouts are OSErrors
-        raise DataError(
-            f"dataset {name!r} not found (looked in: {looked}) and downloading it failed "
-            f"({err}): {fix}"
-        ) from err
+        fetch = _download_fashion if name == "fashion-mnist" else _download_cifar
+        fetch(_cache_root() / name)
+    except (OSError, DataError) as err:  # URLError and socket timeouts are OSErrors
+        raise DataError(f"{missing} and downloading it failed ({err}): {fix}") from err
     found = _find(name, [_cache_root()])
-    if found is None:
-        raise DataError(f"downloaded {name!r} into {_cache_root()} but cannot find it there: {fix}")
+    assert found is not None, "a completed download is always found"
     return found
 
 
@@ -190,6 +178,7 @@ def _check_cifar_md5(path: Path) -> None:
 
 def _download_cifar(folder: Path) -> None:
     """Download the official archive, check its MD5, extract the batches (regular files only)."""
+    folder.mkdir(parents=True, exist_ok=True)
     archive = folder / "cifar-10-python.tar.gz"
     _download(_CIFAR_URL, archive, _check_cifar_md5)
     scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".extract."))
@@ -200,7 +189,8 @@ def _download_cifar(folder: Path) -> None:
                 # Only plain files under the expected folder: no links, devices or '..' escapes.
                 if member.isdir() and parts == (_CIFAR_DIR,):
                     continue
-                if not member.isfile() or len(parts) != 2 or parts[0] != _CIFAR_DIR:
+                plain = member.isfile() and len(parts) == 2 and parts[0] == _CIFAR_DIR
+                if not plain or parts[1] == "..":
                     raise DataError(f"{archive} holds an unexpected member {member.name!r}")
                 source = tar.extractfile(member)
                 assert source is not None  # a regular file always has contents
@@ -256,6 +246,7 @@ def _read_idx(path: Path, stem: str) -> tuple[np.ndarray, str]:
 
 
 def _read_fashion(folder: Path) -> tuple[list[torch.Tensor], str]:
+    """The four verified files as tensors; the digest hashes their four payload SHA-256s."""
     arrays, digests = [], []
     for stem in _FASHION_SHA256:
         array, digest = _read_idx(folder / f"{stem}.gz", stem)
@@ -301,9 +292,8 @@ def _parse_cifar_batch(raw: bytes, path: Path) -> tuple[torch.Tensor, torch.Tens
         raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, 3072): {fix}")
     n = data.shape[0]
     if n == 0 or data.shape[1] != 3 * 32 * 32 or labels.shape != (n,):
-        raise DataError(
-            f"{path}: b'data' {data.shape} and b'labels' {labels.shape} disagree: {fix}"
-        )
+        shapes = f"b'data' {data.shape} and b'labels' {labels.shape}"
+        raise DataError(f"{path}: expected shapes (n, 3072) and (n,), got {shapes}: {fix}")
     if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: b'labels' must be integers in 0..9: {fix}")
     # Each row holds the R, G and B planes, each 32 rows of 32 pixels.

@@ -1,0 +1,35 @@
+# Two commands do everything: `make demo` (the main job) and `make test` (the test suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint validate bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The main job: the default study on Fashion-MNIST (offline), local SQLite MLflow + Optuna stores.
+demo: setup
+	$(VENV)/bin/jepa-lab run studies/ema_vs_sigreg.yaml
+
+lint: setup
+	$(VENV)/bin/ruff check jepa_lab tests bench
+	$(VENV)/bin/ruff format --check jepa_lab tests bench
+	$(VENV)/bin/mypy jepa_lab
+
+validate: setup
+	$(VENV)/bin/jepa-lab validate studies/*.yaml
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) bench/throughput.py --json bench/results/cpu.json
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,101 @@
+"""The shared trainer: every strategy learns a little, resumes exactly, fails loudly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from jepa_lab.checkpoint import CheckpointError, read_checkpoint
+from jepa_lab.spec import ExperimentSpec
+from jepa_lab.specfile import load
+from jepa_lab.train import TrainingError, TrainOptions, lr_at, train, weight_decay_at
+
+STRATEGIES = {
+    "ema": [],
+    "sigreg": ["strategy.kind=sigreg"],
+    "none": ["strategy.kind=none"],
+}
+FAST = ["optim.steps=30", "log_every=10", "eval.baselines=false"]
+
+
+def smoke(path: Path, *overrides: str) -> ExperimentSpec:
+    return load(ExperimentSpec, path, [*FAST, *overrides])
+
+
+@pytest.mark.parametrize("kind", STRATEGIES)
+def test_each_strategy_trains_with_a_finite_falling_loss(smoke_path: Path, kind: str) -> None:
+    spec = smoke(smoke_path, *STRATEGIES[kind], "optim.warmup=0.0")
+    logged: list[tuple[dict, int]] = []
+    result = train(spec, log=lambda m, s: logged.append((dict(m), s)))
+    losses = [row["train/loss"] for row in result.history]  # what each strategy minimises
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+    assert [step for _, step in logged] == [10, 20, 30, 30]
+    metrics = result.metrics
+    assert {"eval/probe_acc", "eval/knn_acc", "diag/rankme", "diag/std", "diag/sigreg",
+            "diag/pred_loss", "diag/positional_share"} <= set(metrics)  # fmt: skip
+    if kind == "sigreg":
+        assert all(row["train/loss_reg"] > 0 for row in result.history)
+    if kind == "ema":
+        assert result.history[-1]["train/momentum"] > result.history[0]["train/momentum"]
+
+
+def test_resumed_run_ends_with_the_same_weights(smoke_path: Path, tmp_path: Path) -> None:
+    spec = smoke(smoke_path, "strategy.kind=ema", "eval.probe_train=64")
+    whole = tmp_path / "whole"
+    train(spec, options=TrainOptions(run_dir=whole, device="cpu"))
+    parts = tmp_path / "parts"
+    partial = train(spec, options=TrainOptions(run_dir=parts, device="cpu", stop_at=13))
+    assert not partial.completed and read_checkpoint(parts / "checkpoint.pt")["step"] == 13
+    train(spec, options=TrainOptions(run_dir=parts, device="cpu", resume=True))
+    a, b = read_checkpoint(whole / "checkpoint.pt"), read_checkpoint(parts / "checkpoint.pt")
+    for key in ("model", "strategy"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_resume_refuses_another_spec(smoke_path: Path, tmp_path: Path) -> None:
+    train(smoke(smoke_path, "optim.steps=2"), options=TrainOptions(run_dir=tmp_path, stop_at=1))
+    with pytest.raises(CheckpointError, match="another spec"):
+        train(smoke(smoke_path, "optim.steps=3"), options=TrainOptions(run_dir=tmp_path, resume=True))
+
+
+def test_non_finite_loss_names_the_first_bad_step(
+    smoke_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jepa_lab.train as trainer
+
+    real = trainer.jepa_losses
+
+    def diverging(*args, **kwargs):  # type: ignore[no-untyped-def]
+        losses = real(*args, **kwargs)
+        step = args[-1]
+        if step >= 7:
+            return type(losses)(losses.total * float("nan"), losses.prediction, None)
+        return losses
+
+    monkeypatch.setattr(trainer, "jepa_losses", diverging)
+    with pytest.raises(TrainingError, match=r"non-finite at step 7\b"):
+        train(smoke(smoke_path, "log_every=30"))
+
+
+def test_schedules_are_pure_functions_of_the_step(smoke_path: Path) -> None:
+    optim = smoke(smoke_path, "optim.steps=100", "optim.warmup=0.1").optim
+    assert lr_at(optim, 0, 100) == optim.lr_start
+    assert lr_at(optim, 10, 100) == pytest.approx(optim.lr)
+    assert lr_at(optim, 100, 100) == pytest.approx(optim.lr_end)
+    assert weight_decay_at(optim, 0, 100) == pytest.approx(optim.weight_decay_start)
+    assert weight_decay_at(optim, 100, 100) == pytest.approx(optim.weight_decay_end)
+
+
+def test_core_imports_no_orchestration_library() -> None:
+    code = (
+        "import sys, jepa_lab.train, jepa_lab.evaluate, jepa_lab.specfile\n"
+        "bad = [m for m in ('mlflow', 'optuna', 'typer', 'rich') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
