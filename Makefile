@@ -3,6 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# The offline copy of Fashion-MNIST beside the checkout (else: --data-dir, ~/.cache/jepa-lab,
+# Debian's dataset-fashion-mnist under /usr/share/datasets, or a download).
+ifneq ($(wildcard ../shared/data/fashion-mnist),)
+export JEPA_LAB_DATA ?= $(abspath ../shared/data)
+endif
+
 .PHONY: setup demo test lint validate bench clean
 
 setup: $(STAMP)

@@ -159,9 +159,9 @@ def evaluate(
     progress("evaluate", 2, 3)
     if spec.eval.baselines:
         metrics |= baselines(spec, data, device)
-        metrics["eval/gain_over_random"] = metrics["eval/probe_acc"] - metrics[
-            "eval/random_probe_acc"
-        ]
+        metrics["eval/gain_over_random"] = (
+            metrics["eval/probe_acc"] - metrics["eval/random_probe_acc"]
+        )
     progress("evaluate", 3, 3)
     model.train()
     strategy.train()

@@ -35,7 +35,7 @@ def sigreg_directions(dim: int, count: int, step: int) -> torch.Tensor:
 
 
 def _knots(n_points: int, t_max: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Knots t on [0, t_max] and trapezoid weights (doubled for the symmetric half) * exp(-t^2/2)."""
+    """Knots t on [0, t_max] and trapezoid weights (doubled: symmetric half) * exp(-t^2/2)."""
     t = torch.linspace(0.0, t_max, n_points, device=device, dtype=torch.float32)
     dt = t_max / (n_points - 1)
     weights = torch.full((n_points,), 2 * dt, device=device, dtype=torch.float32)

@@ -152,7 +152,9 @@ class ModelSpec(Spec):
         if self.dim % self.heads:
             raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
         if self.pred_dim % self.pred_heads:
-            raise ValueError(f"pred_heads ({self.pred_heads}) must divide pred_dim ({self.pred_dim})")
+            raise ValueError(
+                f"pred_heads ({self.pred_heads}) must divide pred_dim ({self.pred_dim})"
+            )
         return self
 
 

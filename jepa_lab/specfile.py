@@ -180,16 +180,15 @@ def _model_at(model: type[BaseModel], path: Loc, data: Any) -> type[BaseModel] |
     for part in path:
         if current is None or not isinstance(part, str):
             return None
-        field = next(
-            (f for n, f in current.model_fields.items() if part in (n, f.alias)), None
-        )
+        field = next((f for n, f in current.model_fields.items() if part in (n, f.alias)), None)
         data = data.get(part) if isinstance(data, dict) else None
         candidates = _models_in(field.annotation) if field is not None else []
         if len(candidates) > 1 and isinstance(data, dict):
             tag = UNION_TAGS.get(part)
             candidates = [
-                c for c in candidates if tag and data.get(tag) in typing.get_args(
-                    c.model_fields[tag].annotation)
+                c
+                for c in candidates
+                if tag and data.get(tag) in typing.get_args(c.model_fields[tag].annotation)
             ]
         current = candidates[0] if len(candidates) == 1 else None
     return current
@@ -230,7 +229,7 @@ def _message(model: type[BaseModel], error: Any, data: Any, loc: Loc) -> str:
         return "field required"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     value = error.get("input")
-    if isinstance(value, dict) or kind == "value_error" and not loc:
+    if isinstance(value, dict) or (kind == "value_error" and not loc):
         return msg
     return f"{msg} (got {shorten(value)})"
 

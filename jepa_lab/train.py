@@ -26,6 +26,7 @@ from jepa_lab.masks import Masks, sample_masks
 from jepa_lab.models import build_model
 from jepa_lab.objective import jepa_losses
 from jepa_lab.provenance import provenance
+from jepa_lab.seeds import derive_seed
 from jepa_lab.spec import EmaSpec, ExperimentSpec, LossSpec, OptimSpec
 from jepa_lab.strategies import Strategy, build_strategy, momentum_at
 
@@ -97,20 +98,15 @@ def build_optimizer(model: nn.Module, spec: OptimSpec, fused: bool) -> torch.opt
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, fused=fused or None)
 
 
-def seed_for(seed: int, step: int, stream: int) -> int:
-    """A distinct generator seed per (run seed, step, random stream)."""
-    return (seed * 1_000_003 + step) * 16 + stream
-
-
 def global_batch(
     spec: ExperimentSpec, data: Dataset, step: int, device: torch.device
 ) -> tuple[torch.Tensor, Masks]:
     """Augmented images (B, C, H, W) and masks of the global batch at ``step``."""
     batch = spec.optim.batch_size
     index = batch_indices(len(data.train_labels), batch, step, spec.seed).to(device)
-    generator = torch.Generator(device).manual_seed(seed_for(spec.seed, step, 1))
+    generator = torch.Generator(device).manual_seed(derive_seed("augment", spec.seed, step))
     images = augment(data.train_images[index], spec.data.augment, data.mean, data.std, generator)
-    masks = sample_masks(spec.mask, spec.grid, batch, seed_for(spec.seed, step, 2))
+    masks = sample_masks(spec.mask, spec.grid, batch, derive_seed("masks", spec.seed, step))
     if device.type == "cuda":  # pinned, so the copy does not wait for the device queue
         masks = Masks(masks.context.pin_memory(), masks.targets.pin_memory())
     return images, masks.to(device)
@@ -240,9 +236,9 @@ def _run(
                 log(row, done)
             sums.zero_()
             window_start, window_steps = time.perf_counter(), 0
-        if checkpoint and options.checkpoint_every and done % options.checkpoint_every == 0:
-            if world.is_main:
-                save_checkpoint(checkpoint, spec, done, model, strategy, optimizer)
+        every = options.checkpoint_every
+        if checkpoint and world.is_main and every and done % every == 0:
+            save_checkpoint(checkpoint, spec, done, model, strategy, optimizer)
     result.steps = stop
     result.train_seconds = time.perf_counter() - began
     result.images_per_second = (stop - start) * spec.optim.batch_size / result.train_seconds
