@@ -49,6 +49,27 @@ class World:
 
         return reduce
 
+    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average ``tensor`` over ranks in place (no autograd); a no-op for one process."""
+        if self.size > 1:
+            dist.all_reduce(tensor)
+            tensor /= self.size
+        return tensor
+
+    def disagree(self, value: float) -> bool:
+        """True when ``value`` (e.g. a parameter checksum) is not identical on every rank."""
+        if self.size == 1:
+            return False
+        values: list[float | None] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return len(set(values)) > 1
+
+
+def checksum(module: torch.nn.Module) -> float:
+    """Sum of every parameter in float64: equal weights give bit-equal checksums."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() for p in module.parameters()))
+
 
 def join_world(device: torch.device) -> World:
     """Join the process group torchrun describes in the environment, or stay a single process."""

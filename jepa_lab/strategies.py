@@ -96,9 +96,9 @@ class SigregStrategy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = self.regularised(full, context)
         directions = sigreg_directions(z.shape[-1], self.spec.directions, step)
-        reg = sigreg(
-            z, directions, self.spec.knots, self.spec.t_max, self.all_reduce_mean, self.world_size
-        )
+        # Only training is distributed: evaluation runs on rank 0 alone, over its own batch.
+        reduce, world = (self.all_reduce_mean, self.world_size) if self.training else (None, 1)
+        reg = sigreg(z, directions, self.spec.knots, self.spec.t_max, reduce, world)
         lam = self.spec.lambda_
         return (1 - lam) * loss_pred + lam * reg, reg
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from jepa_lab.checkpoint import load_checkpoint, save_checkpoint
 from jepa_lab.data import Dataset, augment, batch_indices, load_dataset
-from jepa_lab.distributed import World, join_world, leave_world
+from jepa_lab.distributed import World, checksum, join_world, leave_world
 from jepa_lab.evaluate import evaluate
 from jepa_lab.masks import Masks, sample_masks
 from jepa_lab.models import build_model
@@ -151,8 +151,9 @@ def train(
     """Pre-train ``spec``, evaluate it (rank 0) and return the result."""
     options = options or TrainOptions()
     device = pick_device(options.device)
-    if device.type == "cpu":
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if device.type == "cpu":  # all cores, shared among the local ranks
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_ranks))
     world = join_world(device)
     try:
         return _run(spec, log, progress, options, device, world)
@@ -217,6 +218,12 @@ def _run(
         if world.is_main:
             progress("train", done, total)
         if done % spec.log_every == 0 or done == stop:
+            world.mean_(sums)
+            if world.disagree(checksum(model) + checksum(strategy)):
+                raise TrainingError(
+                    f"weights differ between ranks at step {done}: the ranks diverged "
+                    "(non-deterministic kernels or a rank-dependent bug)"
+                )
             if int(first_bad) >= 0:
                 raise TrainingError(f"loss became non-finite at step {int(first_bad)}: {spec.name}")
             elapsed = time.perf_counter() - window_start

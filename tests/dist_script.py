@@ -1,0 +1,39 @@
+"""Run under torchrun by test_distributed.py: train the smoke spec with test-only options.
+
+argv[1] is a JSON object: overrides, run_dir, stop_at, resume, fail_rank, fail_step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from jepa_lab.spec import ExperimentSpec
+from jepa_lab.specfile import load
+from jepa_lab.train import TrainOptions, train
+
+from tests.conftest import STUDIES
+
+args = json.loads(sys.argv[1])
+rank = int(os.environ.get("RANK", "0"))
+if args.get("fail_rank") == rank:
+    import jepa_lab.train as trainer
+
+    real = trainer.jepa_losses
+
+    def failing(*a, **k):  # type: ignore[no-untyped-def]
+        if a[-1] >= args["fail_step"]:
+            raise RuntimeError(f"injected failure on rank {rank}")
+        return real(*a, **k)
+
+    trainer.jepa_losses = failing  # type: ignore[assignment]
+
+spec = load(ExperimentSpec, STUDIES / "smoke.yaml", args["overrides"])
+options = TrainOptions(
+    device="cpu", run_dir=args["run_dir"] and __import__("pathlib").Path(args["run_dir"]),
+    stop_at=args.get("stop_at"), resume=args.get("resume", False),
+)  # fmt: skip
+result = train(spec, options=options)
+if rank == 0:
+    print("HISTORY " + json.dumps(result.history))

@@ -1,0 +1,117 @@
+"""Data parallelism on the CPU (gloo) with real torchrun processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from jepa_lab.checkpoint import read_checkpoint
+from jepa_lab.losses import sigreg, sigreg_directions
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+FAST = ["optim.steps=12", "log_every=4", "eval.baselines=false", "eval.probe_train=64"]
+
+
+def torchrun(nproc: int, args: dict, timeout: float = 240) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
+        str(REPO / "tests" / "dist_script.py"), json.dumps(args),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def history(done: subprocess.CompletedProcess) -> list[dict]:
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("HISTORY "))
+    return json.loads(line.removeprefix("HISTORY "))
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = read_checkpoint(run_dir / "checkpoint.pt")
+    return {f"model.{k}": v for k, v in state["model"].items()} | {
+        f"strategy.{k}": v for k, v in state["strategy"].items()
+    }
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["ema", "sigreg"])
+def test_two_ranks_with_half_batches_equal_one_rank(tmp_path: Path, kind: str) -> None:
+    overrides = [*FAST, f"strategy.kind={kind}"]
+    one = history(torchrun(1, {"overrides": overrides, "run_dir": str(tmp_path / "one")}))
+    two = history(torchrun(2, {"overrides": overrides, "run_dir": str(tmp_path / "two")}))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [4, 8, 12]
+    for a, b in zip(one, two, strict=True):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
+    assert_close(weights(tmp_path / "one"), weights(tmp_path / "two"))
+
+
+def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path: Path) -> None:
+    overrides = [*FAST, "strategy.kind=ema"]
+    whole = tmp_path / "whole"
+    history(torchrun(1, {"overrides": overrides, "run_dir": str(whole)}))
+    parts = tmp_path / "parts"
+    history(torchrun(2, {"overrides": overrides, "run_dir": str(parts), "stop_at": 8}))
+    assert read_checkpoint(parts / "checkpoint.pt")["step"] == 8
+    history(torchrun(1, {"overrides": overrides, "run_dir": str(parts), "resume": True}))
+    assert_close(weights(whole), weights(parts))
+
+
+def test_a_failing_rank_stops_the_run_with_its_error(tmp_path: Path) -> None:
+    args = {"overrides": [*FAST, "optim.steps=400"], "run_dir": str(tmp_path),
+            "fail_rank": 1, "fail_step": 3}  # fmt: skip
+    started = time.monotonic()
+    done = torchrun(2, args, timeout=120)
+    assert done.returncode != 0
+    assert "injected failure on rank 1" in done.stderr
+    assert time.monotonic() - started < 60  # seconds, not the process-group timeout
+
+
+def _sigreg_rank(rank: int, port: int, z: torch.Tensor, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        from torch.distributed.nn.functional import all_reduce
+
+        half = z.chunk(2)[rank].clone().requires_grad_(True)
+        directions = sigreg_directions(z.shape[1], 64, step=3)
+        value = sigreg(half, directions, all_reduce_mean=lambda t: all_reduce(t) / 2, world_size=2)
+        value.backward()
+        out[rank] = (value.detach(), half.grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sigreg_on_a_global_batch_equals_the_single_process_value(unused_tcp_port: int) -> None:
+    z = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)) * 1.5 + 0.2
+    full = z.clone().requires_grad_(True)
+    value = sigreg(full, sigreg_directions(16, 64, step=3))
+    value.backward()
+    assert full.grad is not None
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_sigreg_rank, args=(unused_tcp_port, z, out), nprocs=2, join=True)
+        results = dict(out)
+    for rank in (0, 1):
+        rank_value, rank_grad = results[rank]
+        torch.testing.assert_close(rank_value, value.detach())
+        # Each rank's backward sees the all-reduced output grad; DDP's mean over the 2 ranks
+        # then gives each parameter exactly the single-process gradient.
+        torch.testing.assert_close(rank_grad / 2, full.grad.chunk(2)[rank])
