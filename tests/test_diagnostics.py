@@ -67,7 +67,9 @@ def test_sigreg_statistic_is_deterministic() -> None:
 
 def _positions(n_pos: int, dim: int, scale: float, seed: int) -> torch.Tensor:
     """(N, D) per-position vectors, centred, with mean squared norm exactly dim * scale^2."""
-    pos = torch.randn(n_pos, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    pos = torch.randn(
+        n_pos, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     pos = pos - pos.mean(0)
     return pos * (scale * math.sqrt(dim) / pos.square().sum(1).mean().sqrt())
 

@@ -86,12 +86,24 @@ def test_probe_ignores_constant_features() -> None:
     assert fit_probe(train_x, train_y, test_x, test_y, SPEC, seed=0).test_acc == 1.0
 
 
-def test_probe_rejects_mismatched_inputs() -> None:
+def test_probe_accepts_zero_l2_with_a_constant_feature() -> None:
+    train_x, train_y = _blobs(400, spread=2.0, seed=0)
+    test_x, test_y = _blobs(200, spread=2.0, seed=1)
+    train_x[:, -1] = 0.0  # a direction without data: no curvature at all when l2 = 0
+    result = fit_probe(train_x, train_y, test_x, test_y, EvalSpec(l2_grid=(0.0,)), seed=0)
+    assert result.l2 == 0.0 and 0.5 < result.test_acc < 1.0
+
+
+def test_probe_rejects_bad_inputs() -> None:
     x, y = _blobs(100, spread=20.0, seed=0)
     with pytest.raises(ValueError, match="features"):
         fit_probe(x, y[:50], x, y, SPEC, seed=0)
     with pytest.raises(ValueError, match="features"):
         fit_probe(x, y, x[:, :4], y, SPEC, seed=0)
+    bad = x.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        fit_probe(bad, y, x, y, SPEC, seed=0)
 
 
 def test_knn_is_perfect_on_separated_clusters() -> None:
