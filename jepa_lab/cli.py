@@ -3,8 +3,11 @@ so ``jepa-lab --help`` stays fast. Bad input ends in one line per problem on std
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -12,6 +15,7 @@ import typer
 
 if TYPE_CHECKING:
     from jepa_lab.spec import ExperimentSpec
+    from jepa_lab.tracking import RunLogger
     from jepa_lab.train import TrainResult
 
 app = typer.Typer(
@@ -30,6 +34,17 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option("--data-dir", envvar="JEPA_LAB_DATA", help="Where datasets are looked for first."),
 ]
+TrackingUriOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow store: http(s)://HOST:PORT of a server, or sqlite:///PATH.db "
+        "(default: the local store in $JEPA_LAB_HOME or .jepa-lab/).",
+        show_default=False,
+    ),
+]
+runs_app = typer.Typer(help="Browse the runs logged to MLflow.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 
 def fail(lines: list[str] | str, code: int = 2) -> NoReturn:
@@ -79,7 +94,9 @@ def print_summary(result: TrainResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result.spec.name} ({result.spec.strategy.kind}, seed {result.spec.seed})")
+    table = Table(
+        title=f"{result.spec.name} ({result.spec.strategy.kind}, seed {result.spec.seed})"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in summary_rows(result.metrics):
@@ -112,23 +129,82 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     partial.replace(path)
 
 
+def spec_from_run(uri: str, run_id: str, overrides: list[str] | None) -> ExperimentSpec:
+    """The spec a logged run resolved, with ``overrides`` merged in."""
+    from jepa_lab.spec import ExperimentSpec
+    from jepa_lab.specfile import Source, SpecError, apply_overrides, validate
+    from jepa_lab.tracking import TrackingError, spec_of_run
+
+    try:
+        data = spec_of_run(uri, run_id)
+    except TrackingError as exc:
+        fail(str(exc))
+    source = Source(f"run {run_id}:spec.yaml")
+    try:
+        return validate(ExperimentSpec, apply_overrides(data, overrides or [], source), source)
+    except SpecError as exc:
+        fail(exc.messages)
+
+
 @app.command()
 def train(
-    spec_file: Annotated[Path, typer.Argument(help="Experiment spec (YAML).")],
+    spec_file: Annotated[
+        Path | None, typer.Argument(help="Experiment spec (YAML); not with --from-run.")
+    ] = None,
     overrides: SetOption = None,
     data_dir: DataDirOption = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: auto).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: auto).")
+    ] = None,
     run_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint and result.json (default runs/NAME-DIGEST).")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the run directory's checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the run directory's checkpoint.")
+    ] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between checkpoints.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write result here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    tracking_uri: TrackingUriOption = None,
+    track: Annotated[
+        bool, typer.Option("--track/--no-track", help="Log the run to MLflow (default: on).")
+    ] = True,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: the spec's name).")
+    ] = None,
+    from_run: Annotated[
+        str | None,
+        typer.Option("--from-run", help="Run again the exact spec of this logged MLflow run."),
+    ] = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Data-parallel processes on this machine (torchrun).")
+    ] = 1,
 ) -> None:
-    """Pre-train one experiment, evaluate it and print a summary table."""
-    spec = load_spec(spec_file, overrides)
+    """Pre-train one experiment, evaluate it, print a summary table and log it to MLflow."""
+    if (spec_file is None) == (from_run is None):
+        fail("give a SPEC_FILE or --from-run RUN_ID (exactly one)")
+    from jepa_lab.launch import launch, under_launcher, without_option
+
+    if nproc > 1 and not under_launcher():
+        raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
+    main_rank = os.environ.get("RANK", "0") == "0"  # only rank 0 logs, writes and prints
+    track = track and main_rank
+    uri = None
+    if track or from_run:
+        from jepa_lab.tracking import TrackingError, check_store, resolve_uri
+
+        try:  # seconds, before the spec and torch load: an unreachable server fails at once
+            uri = resolve_uri(tracking_uri)
+            check_store(uri)
+        except TrackingError as exc:
+            fail(str(exc))
+    if from_run is not None:
+        assert uri is not None
+        spec = spec_from_run(uri, from_run, overrides)
+    else:
+        assert spec_file is not None
+        spec = load_spec(spec_file, overrides)
     from jepa_lab.checkpoint import CheckpointError
     from jepa_lab.data import DataError
     from jepa_lab.reporting import ProgressReporter
@@ -140,19 +216,78 @@ def train(
         device=device, data_dir=data_dir, run_dir=run_dir, resume=resume, compile=compile,
         checkpoint_every=checkpoint_every,
     )  # fmt: skip
+    tags = {"jepa_lab.from_run": from_run or "", "jepa_lab.resumed": str(resume).lower()}
+    tracking = Tracking(uri, experiment or spec.name, tags) if track and uri else None
+    stopped: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
+    failed: tuple[type[BaseException], ...] = (DataError, CheckpointError)
+    if tracking is not None:
+        from jepa_lab.tracking import Terminated, TrackingError
+
+        stopped, failed = (*stopped, Terminated), (*failed, TrackingError)
     try:
-        with ProgressReporter(enabled=progress) as reporter:
-            result = run_training(spec, log=reporter.log, progress=reporter.progress, options=options)
-    except (DataError, CheckpointError) as exc:
+        with (
+            tracking.run(spec) if tracking else contextlib.nullcontext() as logger,
+            ProgressReporter(enabled=progress and main_rank) as reporter,
+        ):
+
+            def log(metrics: Mapping[str, float], step: int) -> None:
+                reporter.log(metrics, step)
+                if logger is not None:
+                    logger.log(metrics, step)
+
+            result = run_training(spec, log=log, progress=reporter.progress, options=options)
+            if not main_rank:
+                return
+            data = result_json(result)
+            write_json(run_dir / "result.json", data)
+            if logger is not None:
+                logger.log_result(result, run_dir, data_dir=data_dir)
+    except failed as exc:
         fail(str(exc))
     except TrainingError as exc:
         fail(str(exc), code=1)
-    data = result_json(result)
-    write_json(run_dir / "result.json", data)
+    except stopped as exc:
+        interrupt = isinstance(exc, KeyboardInterrupt)
+        ended = tracking.ended("KILLED") if tracking else ""
+        fail(
+            f"{'interrupted' if interrupt else 'terminated'}{ended}", code=130 if interrupt else 143
+        )
     if json_out is not None:
         write_json(json_out, data)
     print_summary(result)
     print(f"result: {run_dir / 'result.json'}")
+    if tracking is not None:
+        print(f"mlflow: {tracking.where()}")
+
+
+class Tracking:
+    """The MLflow side of one ``train`` command: its store, experiment and run."""
+
+    def __init__(self, uri: str, experiment: str, tags: dict[str, str]) -> None:
+        self.uri, self.experiment = uri, experiment
+        self.tags = {key: value for key, value in tags.items() if value}
+        self.experiment_id = ""
+        self.run_id = ""
+
+    @contextlib.contextmanager
+    def run(self, spec: ExperimentSpec) -> Iterator[RunLogger]:
+        from jepa_lab.tracking import prepare_store, tracked_run
+
+        self.experiment_id = prepare_store(self.uri, self.experiment)
+        name = f"{spec.name}-seed{spec.seed}"
+        with tracked_run(self.uri, self.experiment_id, name, tags=self.tags) as logger:
+            self.run_id = logger.run_id
+            logger.log_spec(spec)
+            yield logger
+
+    def ended(self, status: str) -> str:
+        return f"; MLflow run {self.run_id} marked {status}" if self.run_id else ""
+
+    def where(self) -> str:
+        from jepa_lab.tracking import run_url
+
+        url = run_url(self.uri, self.experiment_id, self.run_id)
+        return url or f"run {self.run_id} in experiment {self.experiment!r} (see: jepa-lab ui)"
 
 
 @app.command()
@@ -176,11 +311,116 @@ def validate(
 
 
 @app.command()
+def ui(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (0.0.0.0 exposes it).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5000,
+    backend_store_uri: Annotated[
+        str | None,
+        typer.Option(help="Store to browse (default: the local store).", show_default=False),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+) -> None:
+    """Serve the MLflow UI on the project's store until Ctrl-C."""
+    import signal
+    import socket
+
+    from jepa_lab import tracking
+
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
+            fail(f"port {port} on {host} is already in use: pick another with --port")
+    uri = backend_store_uri or tracking.default_uri()
+    if uri.startswith("sqlite:"):
+        uri = tracking.resolve_uri(uri)
+    log = tracking.home() / "mlflow-server.log"
+    url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    try:
+        server = tracking.start_server(uri, host, port, workers, log)
+    except tracking.TrackingError as exc:
+        fail(str(exc))
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)  # `kill` stops the server as Ctrl-C does
+    try:
+        tracking.wait_for_server(url, server, timeout=120, log=log)
+        print(f"MLflow UI: {url}  (store: {uri}; Ctrl-C stops it)", flush=True)
+        server.wait()
+    except tracking.TrackingError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        print("stopping the MLflow server", file=sys.stderr)
+    finally:
+        tracking.stop_server(server)
+    if server.returncode not in (0, -2, -15, 130, 143):
+        fail(f"mlflow server exited with code {server.returncode} (log: {log})")
+
+
+@runs_app.command("list")
+def runs_list(
+    experiment: Annotated[
+        str | None, typer.Option(help="Only this experiment (default: all).", show_default=False)
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="Most recent runs shown.")] = 20,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """A table of the most recent runs and their key metrics."""
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from jepa_lab.tracking import TrackingError, check_store, recent_runs, redact, resolve_uri
+
+    try:
+        uri = resolve_uri(tracking_uri)
+        check_store(uri)
+        runs = recent_runs(uri, experiment, limit)
+    except TrackingError as exc:
+        fail(str(exc))
+    table = Table(title=f"runs in {experiment or 'all experiments'} ({redact(uri)})")
+    for column in ("run", "id", "status", "strategy", "seed"):
+        table.add_column(column, no_wrap=True)
+    for column in ("probe", "random probe", "RankMe", "started"):
+        table.add_column(column, justify="right", no_wrap=True)
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    for run in runs:
+        metrics = run.metrics
+        table.add_row(
+            ("└ " if run.parent_run_id else "") + run.name,
+            run.run_id,
+            run.status,
+            run.tags.get("jepa_lab.strategy", "-"),
+            run.tags.get("jepa_lab.seed", "-"),
+            pct(metrics.get("eval/probe_acc")),
+            pct(metrics.get("eval/random_probe_acc")),
+            f"{metrics['diag/rankme']:.4g}" if "diag/rankme" in metrics else "-",
+            datetime.fromtimestamp(run.start_time).strftime("%m-%d %H:%M"),
+        )
+    console = Console()
+    if not console.is_terminal:  # piped: never cut the run ids that --from-run needs
+        console = Console(width=250)
+    console.print(table)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of experiment specs (for editor completion)."""
     from jepa_lab.spec import ExperimentSpec
 
     print(json.dumps(ExperimentSpec.model_json_schema(by_alias=True), indent=2))
+
+
+from jepa_lab.study_cli import register  # noqa: E402 - needs the app and options above
+
+register(app)
 
 
 def main() -> None:

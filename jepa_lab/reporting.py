@@ -54,6 +54,5 @@ class ProgressReporter:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if "train/loss" in metrics:
             self.info = (
-                f"loss {metrics['train/loss']:.4f}  "
-                f"{metrics['train/images_per_second']:.0f} img/s"
+                f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_second']:.0f} img/s"
             )

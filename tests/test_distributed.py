@@ -115,3 +115,20 @@ def test_sigreg_on_a_global_batch_equals_the_single_process_value(unused_tcp_por
         # Each rank's backward sees the all-reduced output grad; DDP's mean over the 2 ranks
         # then gives each parameter exactly the single-process gradient.
         torch.testing.assert_close(rank_grad / 2, full.grad.chunk(2)[rank])
+
+
+def test_cli_nproc_two_runs_and_only_rank_zero_writes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "jepa_lab", "train", str(REPO / "studies" / "smoke.yaml"),
+        "--nproc", "2", "--no-track", "--no-progress", "--run-dir", str(run_dir),
+        *[f"--set={item}" for item in FAST],
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("result: ") == 1  # one summary, from rank 0
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "result.json"]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["completed"] and "eval/probe_acc" in result["metrics"]
+    # Every log step compared a float64 checksum of all weights across the ranks (else exit 1).
+    assert [row["step"] for row in result["history"]] == [4, 8, 12]

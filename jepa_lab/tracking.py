@@ -1,0 +1,759 @@
+"""MLflow tracking: the one module that talks to MLflow.
+
+Local by default: a SQLite database and an artifact folder under one project-local home
+(``.jepa-lab/``, or ``$JEPA_LAB_HOME``); a team uses an ``http(s)://`` tracking server the same
+way. The store and the experiment are created once, in the parent, before any worker starts
+(:func:`prepare_store`); a fresh SQLite store is built under a temporary name and renamed into
+place, so a kill mid-creation leaves no store or a complete one. Each run is opened by
+:func:`tracked_run`, which always closes it FINISHED, FAILED or KILLED, and is fed through a
+:class:`RunLogger` whose ``log`` is the core's ``train(log=...)``. Runs are addressed by explicit
+ids through ``MlflowClient``, never through MLflow's global "active run", so parent and child runs
+(a study and its trials) and several threads coexist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import sqlalchemy.exc
+import yaml
+from mlflow.entities import Dataset as MlflowDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
+
+if TYPE_CHECKING:
+    from jepa_lab.data import Dataset
+    from jepa_lab.spec import ExperimentSpec
+    from jepa_lab.train import TrainResult
+
+DEFAULT_HOME = Path(".jepa-lab")
+HOME_ENV = "JEPA_LAB_HOME"
+DB_NAME = "mlflow.db"
+SPEC_ARTIFACT = "spec.yaml"
+FLUSH_ROWS = 500  # buffered metric values before a log_batch (MLflow takes 1000 at most)
+FLUSH_SECONDS = 10.0  # ... or this long since the last one, whichever comes first
+SYSTEM_METRICS_SECONDS = 10.0  # sampling interval; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
+CHECK_TIMEOUT_S = 5.0
+MIN_FREE_BYTES = 64 * 2**20
+TAG = "jepa_lab."  # prefix of every jepa-lab tag: jepa_lab.strategy, jepa_lab.config_id, ...
+ERROR_TAG = TAG + "error"
+# MLflow 3's UI shows an experiment as model training (runs, metrics), not GenAI (traces).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+# MLflow narrates store creation and system-metrics sampling at INFO on stderr: keep warnings.
+for _name in ("mlflow.store.db.utils", "mlflow.system_metrics", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be used; the one-line message names the URI and the fix."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM while a run is open, so it ends KILLED."""
+
+
+# ------------------------------------------------------------------------------ the store
+
+
+def home() -> Path:
+    """The absolute project-local folder of the default store: $JEPA_LAB_HOME or .jepa-lab."""
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+
+
+def default_uri() -> str:
+    """``sqlite:////ABS/.jepa-lab/mlflow.db``."""
+    return f"sqlite:///{home() / DB_NAME}"
+
+
+def _sqlite_path(uri: str) -> Path:
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    if not uri.startswith("sqlite:///") or path in ("", ":memory:"):
+        raise TrackingError(f"tracking URI {uri!r} names no database file: use sqlite:///PATH.db")
+    return Path(path).expanduser().resolve()
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The flag, else $MLFLOW_TRACKING_URI, else :func:`default_uri`; SQLite paths made absolute
+    (so every process, whatever its working directory, opens the same file)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+    scheme = urlsplit(uri).scheme
+    if scheme == "sqlite":
+        return f"sqlite:///{_sqlite_path(uri)}"
+    if scheme in ("http", "https"):
+        return uri.rstrip("/")
+    raise TrackingError(
+        f"tracking URI {redact(uri)!r} is not supported: use sqlite:///PATH.db (local, the "
+        "default) or http(s)://HOST:PORT of an MLflow server (MLflow's ./mlruns file store is "
+        "deprecated; put a team database behind `mlflow server`)"
+    )
+
+
+def redact(uri: str) -> str:
+    """``uri`` without a user:password part."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"***@{parts.hostname}{port}").geturl()
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_store(uri: str) -> None:
+    """Fast preflight: an http(s) server answers /health, or a SQLite store's folder is usable.
+
+    Raises :class:`TrackingError` naming the URI and the fix, in seconds, before any training.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=CHECK_TIMEOUT_S):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:  # it answers (an auth proxy may guard /health)
+                return
+            reason = f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:  # URLError, refused, timeout
+            reason = _one_line(getattr(exc, "reason", exc))
+        raise TrackingError(
+            f"tracking server {redact(uri)} does not answer ({reason}): start it, fix "
+            "--tracking-uri / MLFLOW_TRACKING_URI, or pass --no-track"
+        )
+    db = _sqlite_path(uri)
+    folder = next(p for p in (db.parent, *db.parents) if p.exists())
+    if db.exists() and not db.is_file():
+        raise TrackingError(f"tracking store {db} is not a file: remove it or pick another path")
+    if not os.access(folder, os.W_OK):
+        raise TrackingError(f"tracking store folder {folder} is not writable: fix its permissions")
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        raise TrackingError(
+            f"only {free // 2**20} MiB free on the disk of {db.parent}: free some space, point "
+            f"{HOME_ENV} elsewhere, or pass --no-track"
+        )
+
+
+@contextlib.contextmanager
+def _locked(db: Path) -> Iterator[None]:
+    """An exclusive lock beside ``db``, released by the OS if the holder dies."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(f".{db.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_sqlite(db: Path) -> None:
+    """Create the store at ``db`` if absent: schema built under a temporary name, then renamed.
+
+    A SIGKILL during MLflow's schema migration leaves a temporary file only (removed by the next
+    creation), never a half-migrated store at ``db``. Callers hold ``_locked(db)``.
+    """
+    if db.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for stale in db.parent.glob(f".{db.name}.*.tmp*"):
+        stale.unlink()
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    tmp_uri = f"sqlite:///{tmp}"
+    store = SqlAlchemyStore(tmp_uri, (db.parent / "artifacts").as_uri())
+    # MLflow caches one engine per URI: close it, so no connection outlives the rename.
+    store.engine.dispose()
+    SqlAlchemyStore._engine_map.pop(tmp_uri, None)
+    os.replace(tmp, db)
+    directory = os.open(db.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
+
+
+@contextlib.contextmanager
+def _translated(uri: str) -> Iterator[None]:
+    """MLflow's, SQLAlchemy's and the OS's errors as one-line TrackingErrors naming ``uri``."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:  # OSError: requests'
+        raise TrackingError(f"tracking store {redact(uri)}: {_one_line(exc)}") from exc
+
+
+def ensure_store(uri: str) -> None:
+    """Create a local SQLite store at ``uri`` if absent (atomically); no-op for a server."""
+    check_store(uri)
+    if uri.startswith("sqlite:"):
+        db = _sqlite_path(uri)
+        with _translated(uri), _locked(db):
+            _build_sqlite(db)
+
+
+def prepare_store(uri: str, experiment: str) -> str:
+    """Check or create the store and the experiment ``experiment``; return the experiment id.
+
+    Local experiments get an absolute ``file://`` artifact location under the store's folder
+    (``.jepa-lab/artifacts/NAME``), so it does not depend on the creating process's directory;
+    a server picks its own. Safe to call from several processes at once.
+    """
+    check_store(uri)
+    local = uri.startswith("sqlite:")
+    db = _sqlite_path(uri) if local else None
+    with _translated(uri), _locked(db) if db else contextlib.nullcontext():
+        location = None
+        if db is not None:
+            _build_sqlite(db)
+            location = (db.parent / "artifacts" / _slug(experiment)).as_uri()
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                return client.create_experiment(experiment, location, tags=EXPERIMENT_TAGS)
+            except MlflowException as exc:  # another process of a server created it first
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = client.get_experiment_by_name(experiment)
+                assert found is not None
+        if found.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"experiment {experiment!r} in {redact(uri)} is deleted: restore it "
+                f"(mlflow experiments restore --experiment-id {found.experiment_id}) or pass "
+                "--experiment with another name"
+            )
+        return found.experiment_id
+
+
+# --------------------------------------------------------------------------------- a run
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested spec data -> ``{"optim.lr": "0.001", ...}``; non-strings as JSON."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return flat
+
+
+class RunLogger:
+    """Logs into one open MLflow run. ``log`` is buffered: one ``log_batch`` per ``flush_rows``
+    values or ``flush_seconds`` (and on close), so logging stays a small share of training."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        uri: str,
+        flush_rows: int = FLUSH_ROWS,
+        flush_seconds: float = FLUSH_SECONDS,
+    ) -> None:
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.seconds = 0.0  # wall time spent logging metrics, for the overhead budget
+        self._pending: list[Metric] = []
+        self._logged: set[str] = set()
+        self._last_flush = time.monotonic()
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Record ``metrics`` at ``step`` (the core's ``train(log=...)``)."""
+        began = time.perf_counter()
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self._logged.update(metrics)
+        due = time.monotonic() - self._last_flush >= self.flush_seconds
+        if due or len(self._pending) >= self.flush_rows:
+            self.flush()
+        self.seconds += time.perf_counter() - began
+
+    def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        if batch:
+            with _translated(self.uri):
+                self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if tags:
+            with _translated(self.uri):
+                self.client.log_batch(
+                    self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
+                )
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        with _translated(self.uri):
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        with _translated(self.uri):
+            self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_spec(self, spec: ExperimentSpec) -> None:
+        """The resolved spec as dotted params and ``spec.yaml``; identity and provenance tags."""
+        from jepa_lab.provenance import git_state
+
+        data = spec.to_dict()
+        params = [Param(key, value) for key, value in flatten(data).items()]
+        with _translated(self.uri):
+            self.client.log_batch(self.run_id, params=params)
+        self.log_text(yaml.safe_dump(data, sort_keys=False), SPEC_ARTIFACT)
+        commit, dirty, diff = git_state()
+        tags = {
+            TAG + "spec_name": spec.name,
+            TAG + "strategy": spec.strategy.kind,
+            TAG + "spec_digest": spec.digest(),
+            TAG + "config_id": spec.digest(with_seed=False),
+            TAG + "seed": str(spec.seed),
+            TAG + "git_dirty": str(dirty).lower(),
+            **{TAG + f"version.{k}": v for k, v in _versions().items()},
+        }
+        if commit is not None:
+            tags |= {TAG + "git_commit": commit, MLFLOW_GIT_COMMIT: commit}
+        self.set_tags(tags)
+        if dirty and diff:
+            self.log_text(diff, "git.diff")
+
+    def log_dataset(self, data: Dataset) -> None:
+        """The training data as an MLflow input: name, digest and split sizes (no host paths)."""
+        profile = {
+            "train_images": int(data.train_labels.shape[0]),
+            "test_images": int(data.test_labels.shape[0]),
+            "classes": data.n_classes,
+            "image_shape": list(data.train_images.shape[1:]),
+            "sha256": data.digest,
+        }
+        source = {
+            "dataset": data.name,
+            "origin": "generated" if data.source == "generated" else "file",
+        }
+        dataset = MlflowDataset(
+            name=data.name,
+            digest=data.digest[:16],
+            source_type="jepa_lab",
+            source=json.dumps(source),
+            profile=json.dumps(profile),
+        )
+        tags = [InputTag("mlflow.data.context", "training")]
+        with _translated(self.uri):
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
+
+    def log_result(
+        self, result: TrainResult, run_dir: Path | None, *, data_dir: Path | None = None
+    ) -> None:
+        """Final metrics, provenance tags, result.json, checkpoint, curve plots and the dataset.
+
+        ``data_dir`` is where training found its data; the dataset is read again (no download)
+        to record its digest and sizes.
+        """
+        from jepa_lab.data import load_dataset
+
+        final = {k: v for k, v in result.metrics.items() if k not in self._logged}
+        final["train/seconds"] = result.train_seconds
+        final["train/images_per_second_avg"] = result.images_per_second
+        self.log(final, result.steps)
+        self.flush()
+        facts = {k: v for k, v in result.provenance.items() if k in ("device", "device_name")}
+        self.set_tags({TAG + k: str(v) for k, v in facts.items()} | {
+            TAG + "completed": str(result.completed).lower(),
+            TAG + "steps": str(result.steps),
+        })  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = run_dir / "result.json" if run_dir else None
+            if saved is None or not saved.is_file():
+                saved = Path(tmp) / "result.json"
+                saved.write_text(json.dumps(_record(result), indent=2))
+            self.log_artifact(saved)
+            if run_dir is not None and (run_dir / "checkpoint.pt").is_file():
+                self.log_artifact(run_dir / "checkpoint.pt", "checkpoint")
+            if result.history:
+                self.log_artifact(plot_curves(result.history, Path(tmp) / "curves.png"), "plots")
+        self.log_dataset(load_dataset(result.spec.data, data_dir, download=False))
+
+    def close(self) -> None:
+        """Flush what is buffered and record the time logging took."""
+        self.flush()
+        with _translated(self.uri):
+            self.client.log_metric(self.run_id, "tracking/log_seconds", self.seconds)
+
+
+def _record(result: TrainResult) -> dict[str, Any]:
+    return {
+        "spec": result.spec.to_dict(),
+        "spec_digest": result.spec.digest(),
+        "config_id": result.spec.digest(with_seed=False),
+        "steps": result.steps,
+        "completed": result.completed,
+        "metrics": result.metrics,
+        "train_seconds": result.train_seconds,
+        "images_per_second": result.images_per_second,
+        "history": result.history,
+        "provenance": result.provenance,
+    }
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
+    """One PNG of the training curves against the step: losses, lr, momentum, throughput."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, any thread
+
+    panels = {
+        "loss": ["train/loss", "train/loss_pred", "train/loss_reg"],
+        "learning rate": ["train/lr"],
+        "EMA momentum": ["train/momentum"],
+        "images / s": ["train/images_per_second"],
+    }
+    panels = {title: [k for k in keys if k in history[0]] for title, keys in panels.items()}
+    panels = {title: keys for title, keys in panels.items() if keys}
+    steps = [row["step"] for row in history]
+    figure = Figure(figsize=(4 * len(panels), 3.4), layout="constrained")
+    for axes, (title, keys) in zip(figure.subplots(1, len(panels)), panels.items(), strict=True):
+        for key in keys:
+            axes.plot(steps, [row[key] for row in history], label=key.removeprefix("train/"))
+        axes.set_title(title)
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+        if len(keys) > 1:
+            axes.legend(fontsize="small")
+    figure.savefig(path, dpi=100)
+    return path
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """In the main thread, turn SIGTERM into :class:`Terminated` while the block runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """While a run is being closed, the first Ctrl-C only warns; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+        print("closing the MLflow run; Ctrl-C again to abandon it", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _start_system_metrics(run_id: str, uri: str) -> Any:
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=SYSTEM_METRICS_SECONDS, tracking_uri=uri
+    )
+    monitor.start()
+    return monitor
+
+
+@contextlib.contextmanager
+def tracked_run(
+    uri: str,
+    experiment_id: str,
+    name: str,
+    *,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    system_metrics: bool = True,
+) -> Iterator[RunLogger]:
+    """Open a run (a child of ``parent_run_id`` if given) and always close it.
+
+    Normal exit: FINISHED. KeyboardInterrupt or SIGTERM (:class:`Terminated`): KILLED. Any other
+    exception: FAILED, its one-line message in the tag ``jepa_lab.error``. The exception is then
+    re-raised. System metrics (CPU, memory, disk, network, GPU) are sampled while it is open.
+    """
+    client = MlflowClient(uri)
+    run_tags = {MLFLOW_SOURCE_NAME: "jepa-lab", MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_USER: _user()}
+    run_tags |= dict(tags or {})
+    if parent_run_id is not None:
+        run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    with _translated(uri):
+        run_id = client.create_run(experiment_id, run_name=name, tags=run_tags).info.run_id
+    logger, monitor = RunLogger(client, run_id, uri), None
+    status, end_tags = RunStatus.FINISHED, {}
+    try:
+        monitor = _start_system_metrics(run_id, uri) if system_metrics else None
+        with _sigterm_raises():
+            yield logger
+    except (KeyboardInterrupt, Terminated) as exc:
+        status, end_tags = RunStatus.KILLED, {TAG + "stopped_by": type(exc).__name__}
+        raise
+    except BaseException as exc:
+        status, end_tags = RunStatus.FAILED, {ERROR_TAG: _one_line(exc, 1000)}
+        raise
+    finally:
+        with _shielded():
+            _close(logger, monitor, status, end_tags, failing=status != RunStatus.FINISHED)
+
+
+def _close(
+    logger: RunLogger, monitor: Any, status: int, tags: dict[str, str], *, failing: bool
+) -> None:
+    """Flush, stop sampling, tag and terminate, each attempted whatever failed before. A run whose
+    last metrics could not be written ends FAILED. While another exception propagates, a tracking
+    failure here is a warning on stderr instead of replacing it."""
+    problems = []
+    try:
+        logger.close()
+    except TrackingError as exc:
+        problems.append(exc)
+        if status == RunStatus.FINISHED:
+            status, tags = RunStatus.FAILED, {ERROR_TAG: f"logging failed: {exc}"}
+    if monitor is not None:
+        monitor.finish()
+    try:
+        logger.set_tags(tags)
+        with _translated(logger.uri):
+            logger.client.set_terminated(logger.run_id, RunStatus.to_string(status))
+    except TrackingError as exc:
+        problems.append(exc)
+    if problems and not failing:
+        raise problems[0]
+    for problem in problems:
+        print(f"warning: could not close run {logger.run_id}: {problem}", file=sys.stderr)
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("jepa-lab", "torch", "timm", "mlflow"):
+        try:
+            found[package.replace("-", "_")] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package.replace("-", "_")] = "unknown"
+    return found
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "unknown"
+
+
+# ------------------------------------------------------------------------- reading runs
+
+
+def _reader(uri: str) -> MlflowClient:
+    """A client on a store that must exist already (reading never creates a local store)."""
+    if uri.startswith("sqlite:") and not _sqlite_path(uri).is_file():
+        raise TrackingError(
+            f"no tracking store at {_sqlite_path(uri)} yet: log a run first (jepa-lab train), or "
+            f"point --tracking-uri / {HOME_ENV} at the store"
+        )
+    return MlflowClient(uri)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """No tqdm bar for a one-file download (MLflow reads this variable at each transfer)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = previous
+
+
+def spec_of_run(uri: str, run_id: str) -> dict[str, Any]:
+    """The resolved spec a run logged (its ``spec.yaml``), for ``train --from-run``."""
+    client = _reader(uri)
+    with _translated(uri):
+        try:
+            client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            raise TrackingError(
+                f"run {run_id!r} not found in {redact(uri)}: check the id (jepa-lab runs list) "
+                "and --tracking-uri"
+            ) from exc
+        names = {info.path for info in client.list_artifacts(run_id)}
+        if SPEC_ARTIFACT not in names:
+            raise TrackingError(
+                f"run {run_id} has no {SPEC_ARTIFACT} artifact: it was not logged by jepa-lab train"
+            )
+        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+            path = client.download_artifacts(run_id, SPEC_ARTIFACT, tmp)
+            data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise TrackingError(f"run {run_id}: {SPEC_ARTIFACT} is not a mapping")
+    return data
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    name: str
+    run_id: str
+    experiment: str
+    status: str
+    start_time: float  # seconds since the epoch
+    parent_run_id: str | None
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+def recent_runs(uri: str, experiment: str | None = None, limit: int = 20) -> list[RunSummary]:
+    """The latest ``limit`` runs of ``experiment`` (default: every experiment), newest first."""
+    client = _reader(uri)
+    with _translated(uri):
+        if experiment is None:
+            experiments = list(client.search_experiments())
+        else:
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise TrackingError(
+                    f"no experiment {experiment!r} in {redact(uri)}: see `jepa-lab runs list`"
+                )
+            experiments = [found]
+        names = {e.experiment_id: e.name for e in experiments}
+        runs = client.search_runs(
+            list(names), order_by=["attributes.start_time DESC"], max_results=limit
+        ) if names else []  # fmt: skip
+    return [
+        RunSummary(
+            name=run.info.run_name or "",
+            run_id=run.info.run_id,
+            experiment=names[run.info.experiment_id],
+            status=run.info.status,
+            start_time=run.info.start_time / 1000,
+            parent_run_id=run.data.tags.get(MLFLOW_PARENT_RUN_ID),
+            tags=dict(run.data.tags),
+            metrics=dict(run.data.metrics),
+        )
+        for run in runs
+    ]
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in a tracking server's UI (None for a local store)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{redact(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+# ------------------------------------------------------------------------------ the UI
+
+
+def server_command(backend_uri: str, host: str, port: int, workers: int) -> list[str]:
+    """``mlflow server`` on ``backend_uri``; a local store keeps its artifacts beside it."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+               "--host", host, "--port", str(port), "--workers", str(workers)]  # fmt: skip
+    if backend_uri.startswith("sqlite:"):
+        root = _sqlite_path(backend_uri).parent / "artifacts"
+        command += ["--default-artifact-root", root.as_uri()]
+    return command
+
+
+def start_server(
+    backend_uri: str, host: str, port: int, workers: int, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``mlflow server`` in its own process group (stop it with :func:`stop_server`)."""
+    if backend_uri.startswith("sqlite:"):
+        ensure_store(backend_uri)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # The GenAI job runner (extra worker processes) has nothing to do for jepa-lab.
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            server_command(backend_uri, host, port, workers),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )  # fmt: skip
+
+
+def wait_for_server(url: str, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    """Return once ``url`` answers /health; TrackingError if the server exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise TrackingError(
+                f"mlflow server exited with code {process.returncode}: "
+                f"{' | '.join(tail) or 'no output'} (full log: {log})"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.25)
+    raise TrackingError(
+        f"mlflow server did not answer at {url} within {timeout:.0f} s (log: {log})"
+    )
+
+
+def stop_server(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Ctrl-C to the server's whole process group, then SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace / 2)
+    with contextlib.suppress(ProcessLookupError):  # workers that outlived the leader
+        os.killpg(process.pid, signal.SIGKILL)
