@@ -107,21 +107,6 @@ def print_summary(result: TrainResult) -> None:
     Console().print(table)
 
 
-def result_json(result: TrainResult) -> dict[str, Any]:
-    return {
-        "spec": result.spec.to_dict(),
-        "spec_digest": result.spec.digest(),
-        "config_id": result.spec.digest(with_seed=False),
-        "steps": result.steps,
-        "completed": result.completed,
-        "metrics": result.metrics,
-        "train_seconds": result.train_seconds,
-        "images_per_second": result.images_per_second,
-        "history": result.history,
-        "provenance": result.provenance,
-    }
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -238,10 +223,10 @@ def train(
             result = run_training(spec, log=log, progress=reporter.progress, options=options)
             if not main_rank:
                 return
-            data = result_json(result)
+            data = result.to_dict()
             write_json(run_dir / "result.json", data)
             if logger is not None:
-                logger.log_result(result, run_dir, data_dir=data_dir)
+                logger.log_result(result, run_dir)
     except failed as exc:
         fail(str(exc))
     except TrainingError as exc:
@@ -294,14 +279,18 @@ class Tracking:
 def validate(
     spec_files: Annotated[list[Path], typer.Argument(help="Spec files to check.")],
 ) -> None:
-    """Check spec files; print FILE:LINE errors and exit 2 if any is invalid."""
+    """Check experiment and study files; print FILE:LINE errors and exit 2 if any is invalid."""
     from jepa_lab.spec import ExperimentSpec
     from jepa_lab.specfile import SpecError, load
+    from jepa_lab.studyspec import is_study_file, load_study
 
     problems: list[str] = []
     for path in spec_files:
         try:
-            load(ExperimentSpec, path)
+            if is_study_file(path):
+                load_study(path)
+            else:
+                load(ExperimentSpec, path)
         except SpecError as exc:
             problems.extend(exc.messages)
         else:

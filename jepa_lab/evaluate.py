@@ -14,13 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from jepa_lab.data import Dataset, normalise
 from jepa_lab.diagnostics import mean_std, positional_share, rankme, sigreg_statistic
 from jepa_lab.losses import normalise_targets
 from jepa_lab.masks import sample_masks
-from jepa_lab.models import build_model
+from jepa_lab.models import JEPA, build_model
 from jepa_lab.objective import jepa_losses
 from jepa_lab.probe import fit_probe, knn_accuracy, pooled_features
 from jepa_lab.spec import ExperimentSpec
@@ -119,7 +118,7 @@ def baselines(spec: ExperimentSpec, data: Dataset, device: torch.device) -> dict
 def diagnostics(
     spec: ExperimentSpec,
     data: Dataset,
-    model: nn.Module,
+    model: JEPA,
     strategy: Strategy,
     test_features: torch.Tensor,
     device: torch.device,
@@ -142,7 +141,7 @@ def diagnostics(
 def evaluate(
     spec: ExperimentSpec,
     data: Dataset,
-    model: nn.Module,
+    model: JEPA,
     strategy: Strategy,
     device: torch.device,
     progress: Progress,

@@ -45,13 +45,17 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList
     blocks.apply(_init_weights)
     # I-JEPA's residual rescaling: deeper blocks start with smaller output projections.
     for layer, block in enumerate(blocks, start=1):
-        block.attn.proj.weight.data.div_(math.sqrt(2.0 * layer))
-        block.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer))
+        assert isinstance(block, Block)
+        for linear in (block.attn.proj, block.mlp.fc2):
+            assert isinstance(linear, nn.Linear)
+            linear.weight.data.div_(math.sqrt(2.0 * layer))
     return blocks
 
 
 class Encoder(nn.Module):
     """ViT: images (B, C, H, W) -> tokens (B, n, K), optionally only at ``keep`` (B, n)."""
+
+    pos: torch.Tensor
 
     def __init__(self, spec: ModelSpec, image_size: int, channels: int) -> None:
         super().__init__()
@@ -68,6 +72,7 @@ class Encoder(nn.Module):
             nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         else:
             trunc_normal_(weight, std=0.02)
+        assert self.patch_embed.proj.bias is not None
         nn.init.zeros_(self.patch_embed.proj.bias)
 
     def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,6 +86,8 @@ class Encoder(nn.Module):
 
 class Predictor(nn.Module):
     """Narrow ViT predicting target-token embeddings from context tokens and target positions."""
+
+    pos: torch.Tensor
 
     def __init__(self, spec: ModelSpec, grid: int) -> None:
         super().__init__()

@@ -4,7 +4,7 @@ Each strategy decides three things, and nothing else:
 
 - ``target_tokens(images, full)``: the (B, N, K) tokens predictions are compared with;
 - ``loss(loss_pred, full, context, step)``: the total loss and the regulariser's value;
-- ``update(encoder, step)``: what happens after each optimiser step (the EMA).
+- ``update(step)``: what happens after each optimiser step (the EMA).
 
 and names the encoder evaluation uses (``eval_encoder``). Adding a strategy means a spec class in
 the union, a module here and one ``case`` in :func:`build_strategy`.
@@ -31,8 +31,8 @@ def momentum_at(spec: EmaSpec, step: int, total_steps: int) -> float:
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target <- momentum * target + (1 - momentum) * online, for every parameter at once."""
-    target_params = list(target.parameters())
-    online_params = [p.detach() for p in online.parameters()]
+    target_params: list[torch.Tensor] = list(target.parameters())
+    online_params: list[torch.Tensor] = [p.detach() for p in online.parameters()]
     torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
 
 
@@ -46,6 +46,7 @@ class EmaStrategy(nn.Module):
         self.spec = spec
         self.total_steps = total_steps
         self.target = copy.deepcopy(encoder).requires_grad_(False)
+        self.online = [encoder]  # a list: a reference, not a registered submodule
 
     def target_tokens(self, images: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
@@ -56,8 +57,8 @@ class EmaStrategy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return loss_pred, None
 
-    def update(self, encoder: Encoder, step: int) -> None:
-        ema_update(self.target, encoder, momentum_at(self.spec, step, self.total_steps))
+    def update(self, step: int) -> None:
+        ema_update(self.target, self.online[0], momentum_at(self.spec, step, self.total_steps))
 
     def eval_encoder(self, encoder: Encoder) -> nn.Module:
         return self.target
@@ -102,7 +103,7 @@ class SigregStrategy(nn.Module):
         lam = self.spec.lambda_
         return (1 - lam) * loss_pred + lam * reg, reg
 
-    def update(self, encoder: Encoder, step: int) -> None:
+    def update(self, step: int) -> None:
         return None
 
     def eval_encoder(self, encoder: Encoder) -> nn.Module:
@@ -127,7 +128,7 @@ class NoneStrategy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return loss_pred, None
 
-    def update(self, encoder: Encoder, step: int) -> None:
+    def update(self, step: int) -> None:
         return None
 
     def eval_encoder(self, encoder: Encoder) -> nn.Module:

@@ -53,7 +53,6 @@ from mlflow.utils.mlflow_tags import (
 )
 
 if TYPE_CHECKING:
-    from jepa_lab.data import Dataset
     from jepa_lab.spec import ExperimentSpec
     from jepa_lab.train import TrainResult
 
@@ -355,22 +354,13 @@ class RunLogger:
         if dirty and diff:
             self.log_text(diff, "git.diff")
 
-    def log_dataset(self, data: Dataset) -> None:
+    def log_dataset(self, described: Mapping[str, Any]) -> None:
         """The training data as an MLflow input: name, digest and split sizes (no host paths)."""
-        profile = {
-            "train_images": int(data.train_labels.shape[0]),
-            "test_images": int(data.test_labels.shape[0]),
-            "classes": data.n_classes,
-            "image_shape": list(data.train_images.shape[1:]),
-            "sha256": data.digest,
-        }
-        source = {
-            "dataset": data.name,
-            "origin": "generated" if data.source == "generated" else "file",
-        }
+        profile = {k: v for k, v in described.items() if k not in ("name", "origin")}
+        source = {"dataset": described["name"], "origin": described["origin"]}
         dataset = MlflowDataset(
-            name=data.name,
-            digest=data.digest[:16],
+            name=described["name"],
+            digest=described["digest"][:16],
             source_type="jepa_lab",
             source=json.dumps(source),
             profile=json.dumps(profile),
@@ -379,16 +369,8 @@ class RunLogger:
         with _translated(self.uri):
             self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
 
-    def log_result(
-        self, result: TrainResult, run_dir: Path | None, *, data_dir: Path | None = None
-    ) -> None:
-        """Final metrics, provenance tags, result.json, checkpoint, curve plots and the dataset.
-
-        ``data_dir`` is where training found its data; the dataset is read again (no download)
-        to record its digest and sizes.
-        """
-        from jepa_lab.data import load_dataset
-
+    def log_result(self, result: TrainResult, run_dir: Path | None) -> None:
+        """Final metrics, provenance tags, result.json, checkpoint, curve plots and the dataset."""
         final = {k: v for k, v in result.metrics.items() if k not in self._logged}
         final["train/seconds"] = result.train_seconds
         final["train/images_per_second_avg"] = result.images_per_second
@@ -403,34 +385,19 @@ class RunLogger:
             saved = run_dir / "result.json" if run_dir else None
             if saved is None or not saved.is_file():
                 saved = Path(tmp) / "result.json"
-                saved.write_text(json.dumps(_record(result), indent=2))
+                saved.write_text(json.dumps(result.to_dict(), indent=2))
             self.log_artifact(saved)
             if run_dir is not None and (run_dir / "checkpoint.pt").is_file():
                 self.log_artifact(run_dir / "checkpoint.pt", "checkpoint")
             if result.history:
                 self.log_artifact(plot_curves(result.history, Path(tmp) / "curves.png"), "plots")
-        self.log_dataset(load_dataset(result.spec.data, data_dir, download=False))
+        self.log_dataset(result.dataset)
 
     def close(self) -> None:
         """Flush what is buffered and record the time logging took."""
         self.flush()
         with _translated(self.uri):
             self.client.log_metric(self.run_id, "tracking/log_seconds", self.seconds)
-
-
-def _record(result: TrainResult) -> dict[str, Any]:
-    return {
-        "spec": result.spec.to_dict(),
-        "spec_digest": result.spec.digest(),
-        "config_id": result.spec.digest(with_seed=False),
-        "steps": result.steps,
-        "completed": result.completed,
-        "metrics": result.metrics,
-        "train_seconds": result.train_seconds,
-        "images_per_second": result.images_per_second,
-        "history": result.history,
-        "provenance": result.provenance,
-    }
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> Path:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,9 +59,39 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     provenance: dict[str, str | bool | None] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)  # name, digest, sizes: no host paths
     train_seconds: float = 0.0
     images_per_second: float = 0.0
     completed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as written to result.json and logged to MLflow."""
+        return {
+            "spec": self.spec.to_dict(),
+            "spec_digest": self.spec.digest(),
+            "config_id": self.spec.digest(with_seed=False),
+            "steps": self.steps,
+            "completed": self.completed,
+            "metrics": self.metrics,
+            "train_seconds": self.train_seconds,
+            "images_per_second": self.images_per_second,
+            "history": self.history,
+            "dataset": self.dataset,
+            "provenance": self.provenance,
+        }
+
+
+def describe(data: Dataset) -> dict[str, Any]:
+    """What identifies a dataset in a result: name, digest, split sizes, shape (no host paths)."""
+    return {
+        "name": data.name,
+        "digest": data.digest,
+        "train_images": len(data.train_labels),
+        "test_images": len(data.test_labels),
+        "classes": data.n_classes,
+        "image_shape": list(data.train_images.shape[1:]),
+        "origin": "generated" if data.source == "generated" else "file",
+    }
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -94,7 +125,10 @@ def build_optimizer(model: nn.Module, spec: OptimSpec, fused: bool) -> torch.opt
     """AdamW; no weight decay on biases and other 1-D parameters (norms)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
+    groups: list[dict[str, Any]] = [
+        {"params": decay},
+        {"params": no_decay, "weight_decay": 0.0, "no_decay": True},
+    ]
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, fused=fused or None)
 
 
@@ -132,8 +166,7 @@ def train_step(
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    encoder = model.module.encoder if hasattr(model, "module") else model.encoder
-    strategy.update(encoder, step)
+    strategy.update(step)
     reg = losses.regulariser
     return loss.detach(), losses.prediction.detach(), None if reg is None else reg.detach()
 
@@ -194,7 +227,7 @@ def _run(
     stop = min(total, options.stop_at or total)
     sums = torch.zeros(3, device=device)  # loss, loss_pred, loss_reg since the last log
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    result = TrainResult(spec, start, provenance=provenance(device))
+    result = TrainResult(spec, start, provenance=provenance(device), dataset=describe(data))
     window_start, window_steps = time.perf_counter(), 0
     began = window_start
     for step in range(start, stop):

@@ -12,7 +12,6 @@ import sys
 from jepa_lab.spec import ExperimentSpec
 from jepa_lab.specfile import load
 from jepa_lab.train import TrainOptions, train
-
 from tests.conftest import STUDIES
 
 args = json.loads(sys.argv[1])

@@ -30,7 +30,9 @@ def torchrun(nproc: int, args: dict, timeout: float = 240) -> subprocess.Complet
         str(REPO / "tests" / "dist_script.py"), json.dumps(args),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
 
 
 def history(done: subprocess.CompletedProcess) -> list[dict]:

@@ -67,7 +67,9 @@ def test_ema_momentum_zero_copies_and_one_freezes() -> None:
     ema_update(target, online, momentum=1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, target.parameters(), strict=True))
     ema_update(target, online, momentum=0.0)
-    assert all(torch.equal(a, b) for a, b in zip(online.parameters(), target.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(online.parameters(), target.parameters(), strict=True)
+    )
 
 
 def test_ema_schedule_is_linear_and_target_has_no_grad() -> None:

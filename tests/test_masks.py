@@ -16,7 +16,7 @@ def test_multiblock_shapes_and_disjointness(grid: int) -> None:
     spec = MULTIBLOCK
     for seed in range(50):
         masks = sample_masks(spec, grid, 32, seed)
-        batch, blocks, n_target = masks.targets.shape
+        batch, blocks, _ = masks.targets.shape
         assert (batch, blocks) == (32, spec.n_targets) and masks.context.shape[0] == 32
         assert masks.context.shape[1] >= spec.min_context
         for row in range(batch):
@@ -55,7 +55,9 @@ def test_masks_are_a_pure_function_of_the_seed() -> None:
 def test_a_rank_shard_is_the_rows_of_the_global_draw() -> None:
     masks = sample_masks(MULTIBLOCK, 7, 8, 5)
     half = masks.rows(4, 8)
-    assert torch.equal(half.targets, masks.targets[4:]) and torch.equal(half.context, masks.context[4:])
+    assert torch.equal(half.targets, masks.targets[4:]) and torch.equal(
+        half.context, masks.context[4:]
+    )
 
 
 def test_blocks_tiling_the_grid_still_leave_min_context() -> None:

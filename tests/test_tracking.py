@@ -203,7 +203,7 @@ def test_a_served_run_has_params_tags_metrics_artifacts_and_dataset(
     assert data["dataset"]["name"] == "synthetic"
     profile = json.loads(data["dataset"]["profile"])
     assert (profile["train_images"], profile["test_images"]) == (512, 256)
-    assert profile["sha256"].startswith(data["dataset"]["digest"])
+    assert profile["digest"].startswith(data["dataset"]["digest"])
     assert {"key": "mlflow.data.context", "value": "training"} in data["tags"]
 
 

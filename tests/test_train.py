@@ -61,7 +61,9 @@ def test_resumed_run_ends_with_the_same_weights(smoke_path: Path, tmp_path: Path
 def test_resume_refuses_another_spec(smoke_path: Path, tmp_path: Path) -> None:
     train(smoke(smoke_path, "optim.steps=2"), options=TrainOptions(run_dir=tmp_path, stop_at=1))
     with pytest.raises(CheckpointError, match="another spec"):
-        train(smoke(smoke_path, "optim.steps=3"), options=TrainOptions(run_dir=tmp_path, resume=True))
+        train(
+            smoke(smoke_path, "optim.steps=3"), options=TrainOptions(run_dir=tmp_path, resume=True)
+        )
 
 
 def test_non_finite_loss_names_the_first_bad_step(

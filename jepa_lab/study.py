@@ -1,0 +1,881 @@
+"""Running studies: one Optuna study shared by any number of workers, each trial one MLflow run.
+
+Grids run through Optuna too: every cell (x seed) is enqueued once, with fixed parameters, when
+the study is created, so resume, several workers and trial states work the same for grids and
+searches. Every decision that creates or retires a trial (claiming the next trial, counting the
+budget, failing a dead worker's trial and re-enqueueing its parameters) happens under one
+*claim lock* per study: an ``flock`` beside a local storage file, a PostgreSQL advisory lock
+otherwise. Hence ``n_trials`` is exact across workers (a check after the fact, as Optuna's
+``MaxTrialsCallback`` does, can overshoot by one trial per worker), and a grid cell is never run
+twice. Both locks vanish with their holder, so a crash never leaves a lock to wait out.
+
+Dead workers: each trial records its worker (host, pid, process start time). A worker that
+claims, and a ``run`` that starts, fail every RUNNING trial whose worker is gone from this host,
+mark its MLflow run KILLED and re-enqueue its parameters. Workers on other machines share a
+PostgreSQL storage, whose Optuna heartbeat fails their dead trials the same way (journal files
+have no heartbeat; they serve one machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import math
+import os
+import re
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import optuna
+import yaml
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, fail_stale_trials
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import FrozenTrial, TrialState
+
+from jepa_lab.specfile import SpecError
+from jepa_lab.studyspec import SamplerSpec, StudyPlan
+from jepa_lab.tracking import TrackingError, prepare_store, tracked_run
+
+if TYPE_CHECKING:
+    from jepa_lab.train import Progress
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # jepa-lab reports trials itself
+
+STORAGE_ENV = "JEPA_LAB_STORAGE"
+HEARTBEAT_S = 10  # PostgreSQL: seconds between a running trial's heartbeats
+GRACE_S = 60  # ... and without one before the trial counts as dead (fail + retry)
+POLL_S = 2.0  # an idle worker re-checks for retried trials this often
+A = "jepa_lab."  # prefix of every user attribute and tag jepa-lab sets
+PARENT, DIGEST, FINALIZED = A + "parent_run_id", A + "study_digest", A + "finalized"
+WORKER, RUN_ID, ERROR, RETRY_OF = A + "worker", A + "mlflow_run_id", A + "error", A + "retry_of"
+
+
+class StudyError(Exception):
+    """The study cannot run (storage, definition mismatch); the one-line message names the fix."""
+
+
+# ------------------------------------------------------------------------------ storage
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where the Optuna study lives: a journal file (default), SQLite, or PostgreSQL."""
+
+    kind: str  # "journal", "sqlite" or "postgresql"
+    url: str  # the file path (journal) or the database URL
+
+    @property
+    def shown(self) -> str:
+        """The URL without a password (safe to print and log)."""
+        return re.sub(r"(://[^:/@]*):[^/]*@", r"\1:***@", self.url)
+
+    @property
+    def heartbeat(self) -> bool:
+        return self.kind == "postgresql"
+
+
+def resolve_storage(url: str | None, tracking_uri: str, study: str) -> Storage:
+    """The ``--storage`` flag, else $JEPA_LAB_STORAGE, else a journal file next to the tracking
+    store (``<store folder>/studies/STUDY.journal``; the project home for a tracking server)."""
+    url = url or os.environ.get(STORAGE_ENV) or None
+    if url is None:
+        from jepa_lab.tracking import home
+
+        folder = home()
+        if tracking_uri.startswith("sqlite:///"):
+            folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        return Storage("journal", str(folder / "studies" / f"{study}.journal"))
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+        return Storage("postgresql", _pg_driver(scheme) + url[len(scheme) :])
+    if scheme == "sqlite":
+        return Storage("sqlite", url)
+    if scheme == "journal" or (not scheme and url.endswith((".journal", ".log"))):
+        return Storage("journal", str(Path(url.removeprefix("journal://")).expanduser().resolve()))
+    raise StudyError(
+        f"storage {Storage('?', url).shown!r} is not supported: use postgresql://USER@HOST/DB "
+        "(workers on several machines), sqlite:///PATH.db, or a PATH.journal file (one machine; "
+        "the default)"
+    )
+
+
+def _pg_driver(scheme: str) -> str:
+    """``postgresql+DRIVER``: an explicit driver is kept; else psycopg (SQLAlchemy 2.1's default)
+    if installed, else psycopg2 (what jepa-lab depends on)."""
+    import importlib.util
+
+    if scheme.startswith("postgresql+"):
+        return scheme
+    if importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg"
+    return "postgresql+psycopg2"
+
+
+class _FlockLock(JournalFileOpenLock):
+    """The journal's write lock as an ``flock``: released by the OS when its holder dies, so a
+    killed worker leaves no ``.lock`` file to wait 30 s for (Optuna's file locks do)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path + ".flock"
+        self._handle: Any = None
+
+    def acquire(self) -> bool:
+        handle = open(self._path, "a")  # noqa: SIM115 - held until release()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _repair_journal(path: Path) -> None:
+    """Drop a last line cut short by a kill mid-write (else the next append corrupts it)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        data = handle.read()
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
+@contextlib.contextmanager
+def _pg_lock(url: str, name: str) -> Iterator[None]:
+    """A PostgreSQL session advisory lock named ``name``; freed if the connection dies."""
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                connection.commit()
+    finally:
+        engine.dispose()
+
+
+def claim_lock(storage: Storage, study: str) -> contextlib.AbstractContextManager[None]:
+    """The study's claim lock (see the module docstring)."""
+    if storage.kind == "postgresql":
+        return _pg_lock(storage.url, f"jepa_lab.study.{study}")
+    path = Path(
+        storage.url if storage.kind == "journal" else storage.url.removeprefix("sqlite:///")
+    )
+    return _flock(path.with_name(f".{path.name}.{study}.claim"))
+
+
+def open_storage(
+    storage: Storage, on_stale: Callable[[optuna.Study, FrozenTrial], None]
+) -> BaseStorage:
+    """The Optuna storage; PostgreSQL gets heartbeats whose stale trials go to ``on_stale``."""
+    try:
+        if storage.kind == "journal":
+            path = Path(storage.url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _flock(path.with_name(path.name + ".flock")):
+                _repair_journal(path)
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=_FlockLock(str(path))))
+        if storage.kind == "sqlite":
+            return RDBStorage(storage.url, engine_kwargs={"connect_args": {"timeout": 60}})
+        with _pg_lock(storage.url, "jepa_lab.schema"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(  # one process at a time creates the tables
+                storage.url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+    except (OSError, ImportError) as exc:
+        raise StudyError(f"storage {storage.shown}: {exc}") from exc
+    except Exception as exc:  # SQLAlchemy's connection errors, without importing it eagerly
+        if type(exc).__module__.startswith("sqlalchemy"):
+            text = " ".join(str(exc).split())[:300]
+            raise StudyError(f"storage {storage.shown} is unusable: {text}") from exc
+        raise
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def worker_identity() -> str:
+    """``host:pid:start`` of this process; ``start`` (clock ticks since boot) guards pid reuse."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def worker_alive(identity: str) -> bool | None:
+    """Whether the worker ``identity`` still runs: None when it ran on another host."""
+    host, _, rest = identity.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start in ("?", _start_ticks(pid))
+
+
+def sampler_for(spec: SamplerSpec, stream: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler; ``stream`` 0 uses the file's seed, others a seed derived from it
+    (each worker and each resumption gets its own, so none replays another's draws)."""
+    seed = spec.seed if stream == 0 else (spec.seed * 1_000_003 + stream) % 2**31
+    if spec.kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials)
+    if spec.kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.population_size)
+    if spec.kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.n_startup_trials)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def assignments(
+    workers: int, gpus: list[int] | None, cpus: list[int], visible: str | None = None
+) -> list[dict[str, str]]:
+    """Environment of each local worker process.
+
+    With GPUs: worker k sees GPU ``gpus[k % len(gpus)]`` alone (``CUDA_VISIBLE_DEVICES``), so
+    inside it that GPU is ``cuda:0``. GPU indices count the GPUs this process sees: where
+    ``visible`` (this process's own ``CUDA_VISIBLE_DEVICES``) already narrows them, index i is
+    its i-th entry. Without GPUs: the CPUs are dealt round-robin (``JEPA_LAB_CPUS``, applied by
+    the worker as its affinity) so N workers do not each start one thread per core.
+    """
+    names = [v.strip() for v in visible.split(",")] if visible else None
+    envs = []
+    for k in range(workers):
+        env = {"JEPA_LAB_WORKER_INDEX": str(k)}
+        if gpus:
+            gpu = gpus[k % len(gpus)]
+            env["CUDA_VISIBLE_DEVICES"] = names[gpu] if names else str(gpu)
+        elif workers > 1:
+            share = cpus[k::workers] or [cpus[k % len(cpus)]]
+            env["JEPA_LAB_CPUS"] = ",".join(map(str, share))
+        envs.append(env)
+    return envs
+
+
+# ------------------------------------------------------------------------------ session
+
+
+@dataclass
+class Session:
+    """An open study: its plan, Optuna storage and study, and MLflow experiment and parent run."""
+
+    plan: StudyPlan
+    storage: Storage
+    uri: str
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    study: optuna.Study = field(init=False)
+    optuna_storage: BaseStorage = field(init=False)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return claim_lock(self.storage, self.plan.name)
+
+    def trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def trial_id(self, number: int) -> int:
+        study_id = self.optuna_storage.get_study_id_from_name(self.plan.name)
+        return self.optuna_storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def open_session(
+    plan: StudyPlan, storage: Storage, uri: str, *, stream: int = 0, create: bool = True
+) -> Session:
+    """Open the study, creating it, its MLflow experiment and parent run if absent, and retire
+    trials of dead workers. Idempotent, and safe from several processes at once.
+    ``create=False`` only reads (status, export, plot): the study must exist."""
+    session = Session(plan, storage, uri)
+
+    def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+        _retry(session, trial, "no heartbeat", failed=True)
+
+    session.optuna_storage = open_storage(storage, on_stale)
+    directions = [o.direction for o in plan.spec.objectives]
+    with session.lock():
+        names = {s.study_name for s in optuna.get_all_study_summaries(session.optuna_storage)}
+        if plan.name not in names and not create:
+            raise StudyError(
+                f"no study {plan.name!r} in {storage.shown}: start it with "
+                f"`jepa-lab run {plan.path}` (or check --storage)"
+            )
+        if create:
+            session.study = optuna.create_study(
+                storage=session.optuna_storage,
+                study_name=plan.name,
+                directions=directions,
+                load_if_exists=True,
+            )
+        else:
+            session.study = optuna.load_study(study_name=plan.name, storage=session.optuna_storage)
+        if plan.spec.search is not None:  # a resumption must not replay earlier draws
+            started = len(session.trials())
+            session.study.sampler = sampler_for(
+                plan.spec.search.sampler, stream * 100_003 + started
+            )
+        attrs = session.study.user_attrs
+        if attrs.get(DIGEST, plan.digest()) != plan.digest():
+            raise StudyError(
+                f"study {plan.name!r} in {storage.shown} was made from another definition of "
+                f"{plan.path.name} (digest {attrs[DIGEST]} vs {plan.digest()}): rename the study "
+                "(name:) or use another --storage"
+            )
+        if not create:  # read-only: status, export, plot
+            session.parent_run_id = attrs.get(PARENT, "")
+            return session
+        session.experiment_id = prepare_store(uri, plan.name)
+        if DIGEST not in attrs:
+            for cell in plan.cells():  # idempotent: a crash here is repaired by the next open
+                session.study.enqueue_trial(_params(cell), skip_if_exists=True)
+            session.study.set_user_attr("jepa_lab.n_trials", plan.spec.n_trials)
+            session.study.set_user_attr(DIGEST, plan.digest())
+        session.parent_run_id = attrs.get(PARENT) or _create_parent(session)
+        reap(session)
+    return session
+
+
+def _params(cell: Mapping[str, Any]) -> dict[str, Any]:
+    """A grid cell as the Optuna params its trial will suggest (lists as their YAML text)."""
+    return {k: v if _scalar(v) else _choice(v) for k, v in cell.items()}
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _choice(value: Any) -> Any:
+    from jepa_lab.studyspec import flow
+
+    return value if _scalar(value) else flow(value)
+
+
+# ----------------------------------------------------------------------- budget, retries
+
+
+def budget_used(trials: list[FrozenTrial], *, finished: bool = False) -> int:
+    """Trials that count toward ``n_trials``: all but failed ones that were re-enqueued (or only
+    the finished ones among them: the progress of a study)."""
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    return sum(
+        1
+        for t in trials
+        if not (t.state == TrialState.FAIL and t.number in retried)
+        and (t.state.is_finished() or not finished)
+    )
+
+
+def is_complete(session: Session, trials: list[FrozenTrial] | None = None) -> bool:
+    trials = session.trials() if trials is None else trials
+    busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    return not busy and budget_used(trials) >= session.plan.spec.n_trials
+
+
+def reap(session: Session) -> list[int]:
+    """Fail RUNNING trials of dead workers and re-enqueue their parameters (under the lock)."""
+    reaped = []
+    for trial in session.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(WORKER)
+        dead = owner is not None and worker_alive(owner) is False
+        if dead and _retry(session, trial, "its worker process died"):
+            reaped.append(trial.number)
+    if session.storage.heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(session.study)  # calls _retry for each stale trial
+    return reaped
+
+
+def _retry(session: Session, trial: FrozenTrial, reason: str, *, failed: bool = False) -> bool:
+    """Re-enqueue the parameters of the RUNNING ``trial``, fail it (``failed``: Optuna's
+    heartbeat already did) and end its MLflow run KILLED. False if it had finished meanwhile.
+
+    In this order, and the copy enqueued only once, so a kill at any point leaves either the
+    trial RUNNING under a dead worker (reaped again later) or the work done: never a failed
+    trial without its copy (lost) nor two copies (run twice).
+    """
+    if not any(t.user_attrs.get(RETRY_OF) == trial.number for t in session.trials()):
+        # a trial killed before it suggested everything still has its grid cell here
+        params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        session.study.enqueue_trial(params, user_attrs={RETRY_OF: trial.number})
+    if not failed:
+        trial_id = session.trial_id(trial.number)
+        try:
+            session.optuna_storage.set_trial_user_attr(trial_id, ERROR, f"retried: {reason}")
+            if not session.optuna_storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                return False
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+    try:
+        _end_orphan_runs(session, trial.number, reason)
+    except TrackingError as exc:  # the trial is retried all the same; its old run stays open
+        print(f"warning: trial {trial.number}: {exc}", flush=True)
+    return True
+
+
+# ------------------------------------------------------------------------------- MLflow
+
+
+@contextlib.contextmanager
+def _mlflow(uri: str) -> Iterator[Any]:
+    """An ``MlflowClient`` whose errors arrive as one-line :class:`TrackingError`s.
+
+    The tracking contract opens runs that close with their block; a study's parent run outlives
+    processes, so its few calls are made here directly.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        yield MlflowClient(uri)
+    except MlflowException as exc:
+        raise TrackingError(f"tracking store: {' '.join(str(exc).split())[:300]}") from exc
+
+
+def _create_parent(session: Session) -> str:
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    spec = session.plan.spec
+    tags = {
+        A + "study": spec.name,
+        A + "kind": "grid" if spec.grid_only else "search",
+        MLFLOW_RUN_NAME: f"study-{spec.name}",
+    }
+    with _mlflow(session.uri) as client:
+        run_id = client.create_run(
+            session.experiment_id, run_name=f"study-{spec.name}", tags=tags
+        ).info.run_id
+        params = {
+            "study.n_trials": spec.n_trials,
+            "study.objectives": ",".join(
+                f"{o.metric}:{o.direction}:{o.reference}" for o in spec.objectives
+            ),
+        }
+        if spec.search is not None:
+            params |= {
+                "study.sampler": spec.search.sampler.kind,
+                "study.sampler_seed": spec.search.sampler.seed,
+            }
+        for key, value in params.items():
+            client.log_param(run_id, key, str(value))
+        client.log_text(run_id, session.plan.text, f"study/{session.plan.path.name}")
+        client.log_text(
+            run_id, yaml.safe_dump(session.plan.base, sort_keys=False), "study/base.yaml"
+        )
+    session.study.set_user_attr(PARENT, run_id)
+    return run_id
+
+
+def set_parent_status(session: Session, status: str) -> None:
+    """RUNNING while a ``run`` works on the study; FINISHED, FAILED or KILLED when it ends."""
+    with _mlflow(session.uri) as client:
+        if status == "RUNNING":
+            client.update_run(session.parent_run_id, status="RUNNING")
+        else:
+            client.set_terminated(session.parent_run_id, status)
+
+
+def _end_orphan_runs(session: Session, number: int, reason: str) -> None:
+    """End the RUNNING MLflow runs of trial ``number`` (its worker died) as KILLED."""
+    query = (
+        f"tags.mlflow.parentRunId = '{session.parent_run_id}' and "
+        f"tags.`{A}trial` = '{number}' and attributes.status = 'RUNNING'"
+    )
+    with _mlflow(session.uri) as client:
+        for run in client.search_runs([session.experiment_id], query):
+            client.set_tag(run.info.run_id, A + "error", f"killed: {reason}")
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+# ---------------------------------------------------------------------------- one trial
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Machine settings of a worker: never part of the study."""
+
+    device: str | None = None
+    data_dir: Path | None = None
+    fail_fast: bool = False
+
+
+@dataclass
+class Outcome:
+    number: int
+    state: str  # COMPLETE, FAIL
+    values: list[float] | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+
+def suggest(plan: StudyPlan, trial: optuna.Trial) -> dict[str, Any]:
+    """The trial's settings (dotted key -> value): its grid cell, or the search's suggestions in
+    declared order, a parameter only where its ``when`` holds for the spec so far."""
+    from jepa_lab.studyspec import lookup
+
+    spec = plan.spec
+    settings: dict[str, Any] = {}
+    if spec.search is None:
+        for key, values in (spec.grid or {}).items():
+            chosen = trial.suggest_categorical(key, [_choice(v) for v in values])
+            settings[key] = values[[_choice(v) for v in values].index(chosen)]
+        if spec.seeds is not None:
+            settings["seed"] = trial.suggest_categorical("seed", spec.seeds)
+        return settings
+    for key, param in spec.search.params.items():
+        if param.when:
+            resolved = plan.resolved(settings)
+            wanted = {k: v if isinstance(v, list) else [v] for k, v in param.when.items()}
+            try:
+                if any(lookup(resolved, k) not in v for k, v in wanted.items()):
+                    continue
+            except KeyError:
+                continue
+        if param.type == "categorical":
+            assert param.choices is not None
+            texts = [_choice(c) for c in param.choices]
+            settings[key] = param.choices[texts.index(trial.suggest_categorical(key, texts))]
+        elif param.type == "float":
+            assert param.low is not None and param.high is not None
+            settings[key] = trial.suggest_float(
+                key, param.low, param.high, log=param.log, step=param.step
+            )
+        else:
+            assert param.low is not None and param.high is not None
+            settings[key] = trial.suggest_int(
+                key, int(param.low), int(param.high), log=param.log, step=int(param.step or 1)
+            )
+    return settings
+
+
+def objective_values(plan: StudyPlan, metrics: Mapping[str, float]) -> list[float]:
+    """The trial's objective values; a missing or non-finite one fails the trial."""
+    from jepa_lab.train import TrainingError
+
+    values = []
+    for objective in plan.spec.objectives:
+        if objective.metric not in metrics:
+            raise TrainingError(f"the result has no {objective.metric}: no objective value")
+        value = float(metrics[objective.metric])
+        if not math.isfinite(value):
+            raise TrainingError(f"objective {objective.metric} is {value}: no finite result")
+        values.append(value)
+    return values
+
+
+def run_trial(
+    session: Session, trial: optuna.Trial, options: WorkerOptions, progress: Progress | None = None
+) -> Outcome:
+    """Train and evaluate one trial inside its MLflow child run; tell Optuna the result.
+
+    A failing trial (non-finite loss or objective, invalid combination, any other exception) is
+    told FAIL with its reason, which its MLflow run carries too (``jepa_lab.error``). Infra
+    errors (tracking store, dataset) and interruptions propagate: the caller retries the trial.
+    """
+    from jepa_lab.data import DataError
+    from jepa_lab.train import TrainOptions, train
+
+    began = time.perf_counter()
+    plan = session.plan
+    tags = {A + "study": plan.name, A + "trial": str(trial.number)}
+    name = f"trial-{trial.number}"
+    try:
+        settings = suggest(plan, trial)
+        trial.set_user_attr(A + "settings", settings)
+        with tracked_run(
+            session.uri, session.experiment_id, name, parent_run_id=session.parent_run_id, tags=tags
+        ) as logger:
+            trial.set_user_attr(RUN_ID, logger.run_id)
+            spec = plan.experiment(settings)
+            trial.set_user_attr(A + "config_id", spec.digest(with_seed=False))
+            trial.set_user_attr(A + "spec_digest", spec.digest())
+            trial.set_user_attr(A + "seed", spec.seed)
+            trial.set_user_attr(A + "strategy", spec.strategy.kind)
+            logger.log_spec(spec)
+            nothing = lambda *_: None  # noqa: E731
+            result = train(
+                spec,
+                log=logger.log,
+                progress=progress or nothing,
+                options=TrainOptions(device=options.device, data_dir=options.data_dir),
+            )
+            values = objective_values(plan, result.metrics)
+            logger.log_result(result, None)
+            finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
+            trial.set_user_attr(A + "metrics", finite)
+    except (TrackingError, DataError):
+        raise
+    except Exception as exc:  # the trial's own failure: recorded, and the study goes on
+        reason = " ".join(str(exc).split())[:500] or type(exc).__name__
+        if isinstance(exc, SpecError):
+            reason = "invalid combination: " + "; ".join(exc.messages)[:480]
+        trial.set_user_attr(ERROR, reason)
+        # skip_if_finished: a heartbeat that went stale may have failed (and re-enqueued) it
+        session.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        return Outcome(trial.number, "FAIL", error=reason, seconds=time.perf_counter() - began)
+    session.study.tell(trial, values, skip_if_finished=True)
+    return Outcome(trial.number, "COMPLETE", values, seconds=time.perf_counter() - began)
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def claim(session: Session) -> optuna.Trial | None:
+    """The next trial for this worker, or None when the budget is spent (under the lock)."""
+    with session.lock():
+        reap(session)
+        trials = session.trials()
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if not waiting and (
+            session.plan.spec.grid_only or budget_used(trials) >= session.plan.spec.n_trials
+        ):
+            return None
+        with warnings.catch_warnings():  # heartbeats are ours (see _heartbeat), not optimize()'s
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = session.study.ask()
+        trial.set_user_attr(WORKER, worker_identity())
+        return trial
+
+
+def _worth_waiting(session: Session, trials: list[FrozenTrial]) -> bool:
+    """Whether a trial still running elsewhere may yet be retried by this worker."""
+    for trial in trials:
+        if trial.state == TrialState.RUNNING:
+            alive = worker_alive(trial.user_attrs.get(WORKER, ""))
+            if session.storage.heartbeat or alive is not None:
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def _heartbeat(session: Session, number: int) -> Iterator[None]:
+    """Record the trial's heartbeat every HEARTBEAT_S while it runs (PostgreSQL only)."""
+    if not session.storage.heartbeat:
+        yield
+        return
+    assert isinstance(session.optuna_storage, RDBStorage)
+    storage, trial_id, stop = session.optuna_storage, session.trial_id(number), threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def work(
+    session: Session,
+    options: WorkerOptions,
+    echo: Callable[[Outcome], None],
+    progress: Progress | None = None,
+) -> list[Outcome]:
+    """Claim and run trials until the study's budget is spent; returns this worker's outcomes.
+
+    Waits while trials that might still be retried run elsewhere. ``fail_fast``: stops after
+    the first failure in the study since this worker started. Ctrl-C / SIGTERM / an infra error
+    mid-trial: the trial is failed and re-enqueued, then the exception propagates.
+    """
+    failed_before = {t.number for t in session.trials() if t.state == TrialState.FAIL}
+    outcomes: list[Outcome] = []
+    while True:
+        if options.fail_fast and _new_failures(session, failed_before):
+            break
+        trial = claim(session)
+        if trial is None:
+            trials = session.trials()
+            if is_complete(session, trials) or not _worth_waiting(session, trials):
+                break
+            time.sleep(POLL_S)
+            continue
+        try:
+            with _heartbeat(session, trial.number):
+                outcome = run_trial(session, trial, options, progress)
+        except BaseException as exc:
+            with session.lock():
+                frozen = next(t for t in session.trials() if t.number == trial.number)
+                if frozen.state == TrialState.RUNNING:
+                    _retry(session, frozen, f"interrupted: {type(exc).__name__}")
+            raise
+        outcomes.append(outcome)
+        echo(outcome)
+        if options.fail_fast and outcome.state == "FAIL":
+            break
+    return outcomes
+
+
+def _new_failures(session: Session, before: set[int]) -> list[FrozenTrial]:
+    trials = session.trials()
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    return [t for t in trials if t.state == TrialState.FAIL and t.number not in before | retried]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def trial_rows(session: Session) -> list[dict[str, Any]]:
+    """One plain dict per trial for :mod:`jepa_lab.export` (no Optuna objects leave here)."""
+    retried = {t.user_attrs.get(RETRY_OF) for t in session.trials()}
+    rows = []
+    for trial in session.trials():
+        attrs = trial.user_attrs
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name,
+                "retried": trial.number in retried,
+                "config_id": attrs.get(A + "config_id"),
+                "spec_digest": attrs.get(A + "spec_digest"),
+                "seed": attrs.get(A + "seed"),
+                "strategy": attrs.get(A + "strategy"),
+                "mlflow_run_id": attrs.get(RUN_ID),
+                "error": attrs.get(ERROR, ""),
+                "settings": attrs.get(A + "settings", {}),
+                "metrics": attrs.get(A + "metrics", {}),
+                "values": trial.values,
+            }
+        )
+    return rows
+
+
+def counts(session: Session) -> dict[str, int]:
+    """Trials by state, with failed-and-retried ones apart from genuine failures."""
+    found: dict[str, int] = {}
+    for row in trial_rows(session):
+        key = "FAIL (retried)" if row["state"] == "FAIL" and row["retried"] else row["state"]
+        found[key] = found.get(key, 0) + 1
+    return found
+
+
+def setting_keys(plan: StudyPlan) -> list[str]:
+    """The dotted keys a study varies (without ``seed``), in declaration order."""
+    keys = list(plan.spec.grid or {}) + list(plan.spec.search.params if plan.spec.search else {})
+    return [k for k in dict.fromkeys(keys) if k != "seed"]
+
+
+def tables(session: Session) -> tuple[Any, Any, Any, float]:
+    """(trials, per-configuration summary, Pareto front, hypervolume) as DataFrames and a float."""
+    from jepa_lab import export
+
+    objectives = session.plan.spec.objectives
+    trials = export.trials_frame(trial_rows(session))
+    summary = export.aggregate(trials, objectives, setting_keys(session.plan))
+    front = export.front(summary, objectives)
+    return trials, summary, front, export.front_hypervolume(front, objectives)
+
+
+def export_meta(session: Session, hypervolume: float) -> dict[str, Any]:
+    """What every exported table is read with: the study, objectives, reference point, volume."""
+    objectives = session.plan.spec.objectives
+    return {
+        "study": session.plan.name,
+        "objectives": [f"{o.metric} ({o.direction})" for o in objectives],
+        "reference_point": [o.reference for o in objectives],
+        "hypervolume": hypervolume,
+    }
+
+
+def finalize(session: Session) -> None:
+    """Study-level artifacts on the parent run: the Pareto table (CSV), the per-configuration
+    summary, the plots (PNG, HTML) and the study file; the hypervolume as a metric."""
+    import tempfile
+
+    from jepa_lab import export
+
+    _, summary, front, volume = tables(session)
+    objectives, params = session.plan.spec.objectives, setting_keys(session.plan)
+    meta = export_meta(session, volume)
+    done = sum(1 for t in session.trials() if t.state == TrialState.COMPLETE)
+    with tempfile.TemporaryDirectory() as tmp, _mlflow(session.uri) as client:
+        folder = Path(tmp)
+        export.render(
+            export.export_table(front, objectives, params), "csv", meta, folder / "pareto.csv"
+        )
+        export.render(
+            export.export_table(summary, objectives, params), "csv", meta, folder / "summary.csv"
+        )
+        if not summary.empty:
+            for name in ("pareto.png", "pareto.html"):
+                export.plot(summary, front, objectives, folder / name, session.plan.name)
+        (folder / session.plan.path.name).write_text(session.plan.text)
+        for path in sorted(folder.iterdir()):
+            client.log_artifact(session.parent_run_id, str(path), "study")
+        client.log_metric(session.parent_run_id, "study/hypervolume", volume, step=done)
+        client.log_metric(session.parent_run_id, "study/complete_trials", done, step=done)
+        client.set_tag(
+            session.parent_run_id, A + "reference_point", str([o.reference for o in objectives])
+        )
+
+
+def spawn_worker(
+    plan: StudyPlan, storage: Storage, uri: str, options: WorkerOptions, env: Mapping[str, str]
+) -> Any:
+    """``python -m jepa_lab worker STUDY`` as a child process (same process group, so Ctrl-C
+    reaches it); storage and tracking URLs travel in the environment, not on the command line
+    (where ``ps`` would show a password)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "jepa_lab", "worker", str(plan.path.resolve())]
+    if options.device:
+        command += ["--device", options.device]
+    if options.data_dir:
+        command += ["--data-dir", str(options.data_dir)]
+    if options.fail_fast:
+        command.append("--fail-fast")
+    child_env = os.environ | dict(env) | {STORAGE_ENV: storage.url, "MLFLOW_TRACKING_URI": uri}
+    return subprocess.Popen(
+        command,
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )

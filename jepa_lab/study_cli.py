@@ -1,0 +1,603 @@
+"""The study commands of ``jepa-lab``: run, worker, status, export, plot.
+
+``register(app)`` adds them to the main Typer app. Heavy modules (Optuna, MLflow, torch, pandas)
+load inside each command. Bad input ends in one line per problem and exit 2; a study stopped by
+``--fail-fast`` or a crashed worker exits 1; Ctrl-C exits 130 (SIGTERM 143) after the running
+trials were failed and re-enqueued, so the same command resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from jepa_lab.cli import DataDirOption, TrackingUriOption, fail
+
+if TYPE_CHECKING:
+    from jepa_lab.study import Outcome, Session
+    from jepa_lab.studyspec import StudyPlan
+
+StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).", show_default=False)]
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="JEPA_LAB_STORAGE",
+        help="Optuna storage: postgresql://USER@HOST/DB (workers on several machines), "
+        "sqlite:///PATH.db, or PATH.journal (default: a journal file beside the tracking store).",
+        show_default=False,
+    ),
+]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: auto).")]
+FailFastOption = Annotated[
+    bool, typer.Option("--fail-fast", help="Stop at the first failed trial instead of going on.")
+]
+
+
+def _plan(path: Path) -> StudyPlan:
+    from jepa_lab.specfile import SpecError
+    from jepa_lab.studyspec import load_study
+
+    try:
+        return load_study(path)
+    except SpecError as exc:
+        fail(exc.messages)
+
+
+def _session(
+    plan: StudyPlan, storage: str | None, tracking_uri: str | None, *, create: bool, stream: int = 0
+) -> Session:
+    from jepa_lab.study import StudyError, open_session, resolve_storage
+    from jepa_lab.tracking import TrackingError, check_store, resolve_uri
+
+    try:
+        uri = resolve_uri(tracking_uri)
+        check_store(uri)
+        where = resolve_storage(storage, uri, plan.name)
+        if not create and where.kind == "journal" and not Path(where.url).is_file():
+            fail(
+                f"no study {plan.name!r} yet (no {where.url}): start it with "
+                f"`jepa-lab run {plan.path}`, or pass --storage"
+            )
+        return open_session(plan, where, uri, stream=stream, create=create)
+    except (StudyError, TrackingError) as exc:
+        fail(str(exc))
+
+
+def _line(outcome: Outcome, session: Session) -> str:
+    if outcome.state != "COMPLETE":
+        return f"trial {outcome.number} {outcome.state}: {outcome.error}"
+    assert outcome.values is not None
+    values = "  ".join(
+        f"{o.metric}={v:.4g}"
+        for o, v in zip(session.plan.spec.objectives, outcome.values, strict=True)
+    )
+    return f"trial {outcome.number} COMPLETE  {values}  ({outcome.seconds:.1f} s)"
+
+
+def _finished(session: Session) -> int:
+    from jepa_lab.study import budget_used
+
+    return budget_used(session.trials(), finished=True)
+
+
+def _parse_gpus(gpus: str | None) -> list[int] | None:
+    if gpus is None:
+        return None
+    try:
+        ids = [int(g) for g in gpus.split(",") if g.strip()]
+    except ValueError:
+        fail(f"--gpus {gpus!r}: expected GPU indices separated by commas, e.g. 0,1,2,3")
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+        fail(f"--gpus {gpus!r}: expected distinct GPU indices >= 0, e.g. 0,1,2,3")
+    return ids
+
+
+def _check_gpus(ids: list[int]) -> None:
+    """Every listed GPU exists here (before any worker starts)."""
+    import torch
+
+    found = torch.cuda.device_count()
+    if found == 0:
+        fail(f"--gpus {','.join(map(str, ids))}: no CUDA GPU is visible here (drop --gpus to "
+             "run on the CPU)")  # fmt: skip
+    missing = [i for i in ids if i >= found]
+    if missing:
+        fail(f"--gpus: no GPU {missing[0]}: {found} visible (indices 0-{found - 1})")
+
+
+def _apply_cpus() -> None:
+    """Pin this worker to the CPUs its ``run`` dealt it (see study.assignments)."""
+    cpus = os.environ.get("JEPA_LAB_CPUS")
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
+def run(
+    study_file: StudyArg,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Local worker processes (default 1; with --gpus one per GPU).",
+            show_default=False,
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPU indices, e.g. 0,1,2,3: one worker per GPU, each "
+            "seeing only its own (CUDA_VISIBLE_DEVICES).",
+            show_default=False,
+        ),
+    ] = None,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+    data_dir: DataDirOption = None,
+    device: DeviceOption = None,
+    fail_fast: FailFastOption = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run a whole study (grid and/or search) to its total trial count; resumes if re-run."""
+    from rich.console import Console
+
+    from jepa_lab import study as st
+    from jepa_lab.tracking import Terminated
+
+    gpu_ids = _parse_gpus(gpus)
+    if gpu_ids:
+        if device:
+            fail("--gpus picks each worker's device: do not combine it with --device")
+        _check_gpus(gpu_ids)
+        device = "cuda"  # never a silent fallback to the CPU
+    count = workers or (len(gpu_ids) if gpu_ids else 1)
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=True)
+    console = Console(stderr=True)
+    console.print(
+        f"study {plan.name}: {plan.spec.n_trials} trials, storage {session.storage.shown}, "
+        f"{count} worker{'s' * (count > 1)}"
+    )
+    options = st.WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
+    code = 0
+    try:
+        st.set_parent_status(session, "RUNNING")
+        if st.is_complete(session):
+            console.print("the study is already complete")
+        elif count == 1 and not gpu_ids:
+            code = _run_here(session, options, console, progress)
+        else:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            envs = st.assignments(count, gpu_ids, sorted(os.sched_getaffinity(0)), visible)
+            code = _run_workers(session, options, envs, console, progress)
+    except KeyboardInterrupt:
+        _end(session, "KILLED")
+        fail("interrupted: running trials were re-enqueued; run the same command to resume", 130)
+    except Terminated:
+        _end(session, "KILLED")
+        fail("terminated: running trials were re-enqueued; run the same command to resume", 143)
+    except (st.StudyError, st.TrackingError) as exc:
+        _end(session, "FAILED")
+        fail(str(exc))
+    _report(session, console)
+    _end(session, "FINISHED" if st.is_complete(session) else ("FAILED" if code else "KILLED"))
+    if code:
+        raise typer.Exit(code)
+
+
+def _end(session: Session, status: str) -> None:
+    from jepa_lab import study as st
+
+    try:
+        if status == "FINISHED":
+            st.finalize(session)
+        st.set_parent_status(session, status)
+    except st.TrackingError as exc:
+        print(f"warning: study parent run: {exc}", file=sys.stderr)
+
+
+def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from jepa_lab import study as st
+    from jepa_lab.data import DataError
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+    )
+    with bar:
+        trials = bar.add_task(
+            "trials", total=session.plan.spec.n_trials, completed=_finished(session)
+        )
+        phases: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in phases:
+                phases[phase] = bar.add_task(f"  {phase}", total=total)
+            bar.update(phases[phase], completed=done, total=total)
+
+        def echo(outcome: Outcome) -> None:
+            for task in phases.values():
+                bar.remove_task(task)
+            phases.clear()
+            bar.console.print(_line(outcome, session), highlight=False)
+            bar.update(trials, completed=_finished(session))
+
+        try:
+            outcomes = st.work(session, options, echo, progress)
+        except (DataError, st.TrackingError) as exc:
+            _end(session, "FAILED")
+            fail(str(exc))
+    failed = any(o.state == "FAIL" for o in outcomes)
+    return 1 if options.fail_fast and failed else 0
+
+
+def _run_workers(
+    session: Session, options: Any, envs: list[dict[str, str]], console: Any, show: bool
+) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from jepa_lab import study as st
+    from jepa_lab.tracking import Terminated
+
+    procs = [
+        st.spawn_worker(
+            session.plan, session.storage, session.uri, options, env | {"JEPA_LAB_MANAGED": "1"}
+        )
+        for env in envs
+    ]
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+    )
+
+    def forward(k: int, stream: Any) -> None:
+        for line in stream:
+            bar.console.print(f"[w{k}] {line.rstrip()}", highlight=False, markup=False)
+
+    readers = [
+        threading.Thread(target=forward, args=(k, p.stdout), daemon=True)
+        for k, p in enumerate(procs)
+    ]
+    for reader in readers:
+        reader.start()
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        with bar:
+            task = bar.add_task("trials", total=session.plan.spec.n_trials)
+            while any(p.poll() is None for p in procs):
+                bar.update(task, completed=_finished(session))
+                if options.fail_fast and any(p.returncode == 1 for p in procs):
+                    _stop(procs, wait=0)  # the others stop too; a crash elsewhere does not
+                time.sleep(1.0)
+            bar.update(task, completed=_finished(session))
+    except KeyboardInterrupt:
+        _stop(procs, wait=30)  # Ctrl-C reached the workers too: give them time to retire trials
+        raise
+    except Terminated:
+        _stop(procs, wait=0)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for reader in readers:
+            reader.join(timeout=5)
+    codes = [p.returncode for p in procs]
+    if any(codes):
+        console.print(f"worker exit codes: {codes}")
+    return 1 if any(codes) and not st.is_complete(session) else 0
+
+
+def _stop(procs: list[Any], wait: float, grace: float = 60.0) -> None:
+    """After ``wait`` seconds, SIGTERM the workers still running (each fails and re-enqueues
+    its trial, and ends its MLflow run KILLED), then SIGKILL those left after ``grace``."""
+    deadline = time.monotonic() + wait
+    for sig, until in ((signal.SIGTERM, deadline), (signal.SIGKILL, deadline + grace)):
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.0, until - time.monotonic()))
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+    for proc in procs:
+        proc.wait()
+
+
+def _report(session: Session, console: Any) -> None:
+    """The summary table per configuration, then the front with its hypervolume."""
+
+    from jepa_lab import study as st
+
+    _, summary, front, volume = st.tables(session)
+    out = _console()
+    out.print(summary_table(summary, session))
+    out.print(front_table(front, session))
+    out.print(_volume_line(session, volume), highlight=False)
+    counts = st.counts(session)
+    out.print(
+        "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False
+    )
+
+
+def _console() -> Any:
+    """stdout; tables are not squeezed to 80 columns when it is a file or a pipe."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=240)
+
+
+def _volume_line(session: Session, volume: float) -> str:
+    objectives = session.plan.spec.objectives
+    return (
+        f"hypervolume {volume:.6g}  (reference point "
+        f"{', '.join(f'{o.metric}={o.reference:g}' for o in objectives)})"
+    )
+
+
+def _fmt(value: Any, std: Any = math.nan, n: int | None = None, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    scale, unit = (100.0, " %") if pct else (1.0, "")
+    text = f"{scale * value:.2f}" if pct else f"{value:.4g}"
+    if isinstance(std, float) and not math.isnan(std):
+        text += f" ± {scale * std:.2f}" if pct else f" ± {std:.2g}"
+    if n is not None and n > 1:
+        text += f" ({n})"
+    return text + unit
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_table(summary: Any, session: Session) -> Any:
+    """Per configuration: probe accuracy mean ± std (n), kNN, the random-init and raw-pixel
+    baselines, RankMe, per-dim std, positional share, prediction loss, Welch p-values."""
+    from rich.table import Table
+
+    from jepa_lab.study import setting_keys
+
+    params = [
+        p
+        for p in setting_keys(session.plan)
+        if p != "strategy.kind" and p in summary and summary[p].nunique() > 1
+    ]
+    table = Table(title=f"study {session.plan.name}: {len(summary)} configurations")
+    columns = [
+        ("strategy", None, False),
+        *[(p, None, False) for p in params],
+        ("probe", "eval/probe_acc", True),
+        ("kNN", "eval/knn_acc", True),
+        ("random init", "eval/random_probe_acc", True),
+        ("raw pixels", "eval/pixel_probe_acc", True),
+        ("RankMe", "diag/rankme", False),
+        ("per-dim std", "diag/std", False),
+        ("pos. share", "diag/positional_share", False),
+        ("pred. loss", "diag/pred_loss", False),
+    ]
+    tests = [c for c in summary.columns if c.startswith("p_vs_")]
+    for name, _, _ in columns:
+        table.add_column(name, justify="left" if name == "strategy" or name in params else "right")
+    for name in tests:
+        table.add_column(name.replace("p_vs_", "p vs "), justify="right")
+    for _, row in summary.iterrows():
+        cells = []
+        for name, metric, pct in columns:
+            if metric is None:
+                cells.append(_cell(row.get(name)))
+            else:
+                cells.append(_fmt(row.get(metric), row.get(f"{metric} std"), int(row["n"]), pct))
+        cells += [_fmt(row.get(name)) for name in tests]
+        table.add_row(*cells)
+    return table
+
+
+def front_table(front: Any, session: Session) -> Any:
+    from rich.table import Table
+
+    from jepa_lab.export import short
+    from jepa_lab.study import setting_keys
+
+    params = [p for p in setting_keys(session.plan) if p != "strategy.kind"]
+    table = Table(title=f"Pareto front ({len(front)} configurations)")
+    for name in ("trial", "config", "strategy", *params):
+        table.add_column(name)
+    objectives = session.plan.spec.objectives
+    for o in objectives:
+        table.add_column(f"{o.metric} ({short(o.direction)})", justify="right")
+    for _, row in front.iterrows():
+        table.add_row(
+            str(row["trial"]),
+            str(row["config_id"]),
+            str(row["strategy"]),
+            *[_cell(row.get(p)) for p in params],
+            *[_fmt(row[o.metric], row.get(f"{o.metric} std"), int(row["n"])) for o in objectives],
+        )
+    return table
+
+
+def worker(
+    study_file: StudyArg,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+    data_dir: DataDirOption = None,
+    device: DeviceOption = None,
+    fail_fast: FailFastOption = False,
+    index: Annotated[
+        int | None,
+        typer.Option(
+            envvar="JEPA_LAB_WORKER_INDEX",
+            min=0,
+            help="This worker's number: seeds its sampler stream (default: from the process id).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Join a study as one worker (e.g. from another machine with --storage postgresql://...)."""
+    import zlib
+
+    from jepa_lab import study as st
+    from jepa_lab.data import DataError
+    from jepa_lab.study import worker_identity as study_worker_identity
+    from jepa_lab.tracking import Terminated
+
+    _apply_cpus()
+    plan = _plan(study_file)
+    # without --index: one stream per host and process (containers often share a pid)
+    stream = index if index is not None else zlib.crc32(study_worker_identity().encode()) + 1
+    session = _session(plan, storage, tracking_uri, create=True, stream=stream)
+    options = st.WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
+
+    def echo(outcome: Outcome) -> None:
+        print(_line(outcome, session), flush=True)
+
+    try:
+        outcomes = st.work(session, options, echo)
+    except (DataError, st.TrackingError, st.StudyError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: the running trial was re-enqueued", 130)
+    except Terminated:
+        fail("terminated: the running trial was re-enqueued", 143)
+    print(f"worker done: {len(outcomes)} trials run here", flush=True)
+    if not os.environ.get("JEPA_LAB_MANAGED"):
+        with session.lock():
+            if st.is_complete(session) and not session.study.user_attrs.get(st.FINALIZED):
+                _end(session, "FINISHED")
+                session.study.set_user_attr(st.FINALIZED, True)
+    if fail_fast and any(o.state == "FAIL" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def status(
+    study_file: StudyArg,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Trials by state, the current Pareto front and its hypervolume."""
+
+    from jepa_lab import study as st
+
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=False)
+    _, _, front, volume = st.tables(session)
+    counts = st.counts(session)
+    out = _console()
+    out.print(
+        f"study {plan.name} in {session.storage.shown}: {_finished(session)} of "
+        f"{plan.spec.n_trials} trials finished",
+        highlight=False,
+    )
+    for state in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "FAIL (retried)", "PRUNED"):
+        if counts.get(state):
+            out.print(f"  {state:<15} {counts[state]}", highlight=False)
+    out.print(front_table(front, session))
+    out.print(_volume_line(session, volume), highlight=False)
+
+
+def export(
+    study_file: StudyArg,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="csv, md, latex, parquet or json (default: from -o's suffix, else csv).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default: stdout).")
+    ] = None,
+    all_configs: Annotated[
+        bool, typer.Option("--all", help="Every configuration, not only the Pareto front.")
+    ] = False,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """The Pareto-front table (mean/std/n over seeds, Welch tests) in a file format."""
+    from jepa_lab import export as ex
+    from jepa_lab import study as st
+
+    suffixes = {".csv": "csv", ".md": "md", ".tex": "latex", ".parquet": "parquet", ".json": "json"}
+    chosen = fmt or (suffixes.get(output.suffix.lower()) if output else None) or "csv"
+    if chosen not in ex.FORMATS:
+        fail(f"--format {chosen!r}: expected one of {', '.join(ex.FORMATS)}")
+    if chosen == "parquet" and output is None:
+        fail("parquet is binary: give an output file with -o FILE.parquet")
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=False)
+    _, summary, front, volume = st.tables(session)
+    rows = ex.export_table(
+        summary if all_configs else front, plan.spec.objectives, st.setting_keys(plan)
+    )
+    text = ex.render(rows, chosen, st.export_meta(session, volume), output)
+    if text is not None:
+        sys.stdout.write(text)
+        print(_volume_line(session, volume), file=sys.stderr)
+    else:
+        print(f"wrote {output} ({len(rows)} rows); {_volume_line(session, volume)}")
+
+
+def plot(
+    study_file: StudyArg,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="pareto.png (static) or pareto.html (interactive)."),
+    ] = Path("pareto.png"),
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Plot the configurations and their Pareto front (PNG or interactive HTML)."""
+    from jepa_lab import export as ex
+    from jepa_lab import study as st
+
+    if output.suffix.lower() not in (".png", ".html"):
+        fail(f"{output}: plot to a .png or an .html file")
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=False)
+    _, summary, front, volume = st.tables(session)
+    if summary.empty:
+        fail(f"study {plan.name} has no complete trial yet: nothing to plot")
+    ex.plot(
+        summary,
+        front,
+        plan.spec.objectives,
+        output,
+        f"{plan.name} ({_volume_line(session, volume)})",
+    )
+    print(f"wrote {output}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the study commands to ``app``."""
+    app.command("run")(run)
+    app.command("worker")(worker)
+    app.command("status")(status)
+    app.command("export")(export)
+    app.command("plot")(plot)

@@ -1,0 +1,284 @@
+"""Pareto front, hypervolume, seed aggregation and table formats, against independent math."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import ttest_ind
+
+from jepa_lab import export
+from jepa_lab.studyspec import ObjectiveSpec
+
+MIN_MIN = [
+    ObjectiveSpec(metric="diag/pred_loss", direction="minimize", reference=2.0),
+    ObjectiveSpec(metric="diag/sigreg", direction="minimize", reference=100.0),
+]
+
+
+def brute_front(points: np.ndarray, directions: list[str]) -> set[int]:
+    """Rows no other row dominates, by the definition, with Python loops."""
+    signs = [1 if d == "minimize" else -1 for d in directions]
+    keep = set()
+    for i, p in enumerate(points):
+        dominated = False
+        for j, q in enumerate(points):
+            better_eq = all(s * a <= s * b for s, a, b in zip(signs, q, p, strict=True))
+            strictly = any(s * a < s * b for s, a, b in zip(signs, q, p, strict=True))
+            dominated |= i != j and better_eq and strictly
+        if not dominated:
+            keep.add(i)
+    return keep
+
+
+def union_volume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Volume of the union of the boxes [p, reference] (minimisation), by inclusion-exclusion."""
+    points = [p for p in points if np.all(p < reference)]
+    total = 0.0
+    for size in range(1, len(points) + 1):
+        for subset in itertools.combinations(points, size):
+            corner = np.max(subset, axis=0)
+            total += (-1) ** (size + 1) * float(np.prod(reference - corner))
+    return total
+
+
+def grid_area(points: np.ndarray, reference: np.ndarray) -> float:
+    """2-D union area on the grid of all coordinates: count the covered cells."""
+    xs = np.unique(np.r_[points[:, 0], reference[0]])
+    ys = np.unique(np.r_[points[:, 1], reference[1]])
+    area = 0.0
+    for x0, x1 in itertools.pairwise(xs):
+        for y0, y1 in itertools.pairwise(ys):
+            if np.any((points[:, 0] <= x0) & (points[:, 1] <= y0)):
+                area += (x1 - x0) * (y1 - y0)
+    return area
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nondominated_matches_the_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    points = rng.integers(0, 6, size=(40, 3)).astype(float)  # many ties and duplicates
+    directions = ["minimize", "maximize", "minimize"]
+    mask = export.nondominated(points, directions)
+    assert set(np.flatnonzero(mask)) == brute_front(points, directions)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_hypervolume_2d_matches_a_grid_count(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(0, 1, size=(12, 2))
+    reference = np.array([1.1, 0.9])  # some points lie beyond it in y and add nothing
+    volume = export.hypervolume(points, reference, ["minimize", "minimize"])
+    inside = points[np.all(points < reference, axis=1)]
+    assert volume == pytest.approx(grid_area(inside, reference), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hypervolume_3d_and_4d_match_inclusion_exclusion(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for dims in (3, 4):
+        points = rng.uniform(0, 1, size=(7, dims))
+        reference = np.full(dims, 1.0)
+        volume = export.hypervolume(points, reference, ["minimize"] * dims)
+        assert volume == pytest.approx(union_volume(points, reference), rel=1e-9)
+
+
+def test_hypervolume_with_a_maximised_objective_and_the_limits() -> None:
+    # maximise accuracy: the reference 0.0 is the worst; negating maps it to minimisation
+    points = np.array([[0.5, 0.8], [0.3, 0.6]])
+    volume = export.hypervolume(points, [1.0, 0.0], ["minimize", "maximize"])
+    assert volume == pytest.approx(
+        grid_area(np.array([[0.5, -0.8], [0.3, -0.6]]), np.array([1.0, 0.0]))
+    )
+    assert export.hypervolume(points, [0.2, 0.0], ["minimize", "maximize"]) == 0.0  # all beyond
+    single = export.hypervolume(np.array([[1.0, 1.0]]), [3.0, 2.0], ["minimize", "minimize"])
+    assert single == pytest.approx(2.0)
+    duplicated = export.hypervolume(np.array([[1.0, 1.0]] * 3), [3.0, 2.0], ["minimize"] * 2)
+    assert duplicated == pytest.approx(2.0)
+
+
+def test_hypervolume_agrees_with_optunas_own() -> None:
+    private = pytest.importorskip("optuna._hypervolume")
+    rng = np.random.default_rng(7)
+    points = rng.uniform(0, 1, size=(15, 3))
+    reference = np.full(3, 1.2)
+    front = points[export.nondominated(points, ["minimize"] * 3)]
+    ours = export.hypervolume(points, reference, ["minimize"] * 3)
+    assert ours == pytest.approx(private.compute_hypervolume(front, reference), rel=1e-9)
+
+
+def test_welch_p_is_scipys_and_needs_two_per_side() -> None:
+    a, b = [0.61, 0.64, 0.66], [0.70, 0.71, 0.74, 0.69]
+    assert export.welch_p(a, b) == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert math.isnan(export.welch_p([0.6], b))
+    assert export.welch_p([0.5, 0.5], [0.5, 0.5]) == 1.0
+
+
+def rows() -> list[dict]:
+    """Two strategies x 3 seeds, a duplicate of one seed, a failed and a running trial."""
+    accuracy = {"ema": [0.70, 0.72, 0.71], "sigreg": [0.76, 0.78, 0.77]}
+    out = []
+    number = 0
+    for kind, values in accuracy.items():
+        for seed, value in enumerate(values):
+            out.append(
+                {
+                    "trial": number,
+                    "state": "COMPLETE",
+                    "config_id": f"cfg-{kind}",
+                    "spec_digest": f"{kind}-{seed}",
+                    "seed": seed,
+                    "strategy": kind,
+                    "mlflow_run_id": f"run{number}",
+                    "error": "",
+                    "settings": {"strategy.kind": kind, "mask.ratio": 0.5, "seed": seed},
+                    "metrics": {
+                        "eval/probe_acc": value,
+                        "eval/random_probe_acc": 0.60 + 0.01 * seed,
+                        "diag/pred_loss": 0.5 if kind == "ema" else 0.6,
+                        "diag/sigreg": 50.0 if kind == "ema" else 5.0 + seed,
+                    },
+                }
+            )
+            number += 1
+    duplicate = dict(
+        out[0],
+        trial=number,
+        mlflow_run_id="dup",
+        metrics={**out[0]["metrics"], "eval/probe_acc": 0.0},
+    )
+    failed = {
+        "trial": number + 1,
+        "state": "FAIL",
+        "config_id": None,
+        "seed": None,
+        "strategy": None,
+        "error": "loss became non-finite at step 3",
+        "settings": {},
+        "metrics": {},
+    }
+    return [*out, duplicate, failed]
+
+
+def test_aggregate_means_stds_counts_and_welch() -> None:
+    trials = export.trials_frame(rows())
+    table = export.aggregate(trials, MIN_MIN, ["strategy.kind", "mask.ratio"])
+    assert list(table["strategy"]) == ["ema", "sigreg"]
+    ema = table.iloc[0]
+    assert ema["n"] == 3 and ema["trials"] == "0,1,2"  # the duplicate seed is not counted
+    assert ema["eval/probe_acc"] == pytest.approx(0.71)
+    assert ema["eval/probe_acc std"] == pytest.approx(np.std([0.70, 0.72, 0.71], ddof=1))
+    expected = ttest_ind([0.70, 0.72, 0.71], [0.76, 0.78, 0.77], equal_var=False).pvalue
+    assert ema["p_vs_sigreg"] == pytest.approx(expected)
+    assert table.iloc[1]["p_vs_ema"] == pytest.approx(expected)
+    assert math.isnan(ema["p_vs_ema"])
+    assert ema["p_vs_random"] == pytest.approx(
+        ttest_ind([0.70, 0.72, 0.71], [0.60, 0.61, 0.62], equal_var=False).pvalue
+    )
+    front = export.front(table, MIN_MIN)  # ema: lower pred loss; sigreg: lower SIGReg
+    assert list(front["strategy"]) == ["ema", "sigreg"]
+
+
+def test_front_deduplicates_identical_configurations() -> None:
+    # NSGA-II proposed the same parameters twice (trials 0 and 2): one row, n = 1
+    base = {
+        "state": "COMPLETE",
+        "seed": 0,
+        "strategy": "sigreg",
+        "error": "",
+        "settings": {"strategy.lambda": 0.1},
+    }
+    data = [
+        {
+            **base,
+            "trial": 0,
+            "config_id": "a",
+            "mlflow_run_id": "r0",
+            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg": 9.0},
+        },
+        {
+            **base,
+            "trial": 1,
+            "config_id": "b",
+            "mlflow_run_id": "r1",
+            "settings": {"strategy.lambda": 0.2},
+            "metrics": {"diag/pred_loss": 0.5, "diag/sigreg": 3.0},
+        },
+        {
+            **base,
+            "trial": 2,
+            "config_id": "a",
+            "mlflow_run_id": "r2",
+            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg": 9.0},
+        },
+        {
+            **base,
+            "trial": 3,
+            "config_id": "c",
+            "mlflow_run_id": "r3",
+            "settings": {"strategy.lambda": 0.3},
+            "metrics": {"diag/pred_loss": 0.6, "diag/sigreg": 9.5},
+        },
+    ]
+    table = export.aggregate(export.trials_frame(data), MIN_MIN, ["strategy.lambda"])
+    front = export.front(table, MIN_MIN)
+    assert list(front["trial"]) == [0, 1] and list(front["n"]) == [1, 1]
+    volume = export.front_hypervolume(front, MIN_MIN)
+    assert volume == pytest.approx(
+        grid_area(np.array([[0.4, 9.0], [0.5, 3.0]]), np.array([2.0, 100.0]))
+    )
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_every_format_round_trips(fmt: str, tmp_path: Path) -> None:
+    table = export.aggregate(export.trials_frame(rows()), MIN_MIN, ["strategy.kind", "mask.ratio"])
+    out = export.export_table(table, MIN_MIN, ["strategy.kind", "mask.ratio"])
+    assert {
+        "diag/pred_loss (min)",
+        "diag/pred_loss (min) std",
+        "n",
+        "mlflow_run_id",
+        "config_id",
+        "trial",
+        "mask.ratio",
+        "p_vs_random",
+        "state",
+    } <= set(out.columns)
+    meta = {
+        "study": "s",
+        "objectives": ["a (minimize)"],
+        "reference_point": [2.0, 100.0],
+        "hypervolume": 1.5,
+    }
+    path = tmp_path / f"t.{fmt}"
+    export.render(out, fmt, meta, path)  # type: ignore[arg-type]
+    if fmt == "csv":
+        back = pd.read_csv(path)
+        assert back["diag/pred_loss (min)"].tolist() == pytest.approx(
+            out["diag/pred_loss (min)"].tolist()
+        )
+    elif fmt == "parquet":
+        back = pd.read_parquet(path)
+        assert back.shape == out.shape and back.attrs["hypervolume"] == 1.5
+    elif fmt == "json":
+        data = json.loads(path.read_text())
+        assert data["reference_point"] == [2.0, 100.0] and len(data["rows"]) == 2
+        assert data["rows"][0]["p_vs_ema"] is None  # NaN becomes null
+    else:
+        text = path.read_text()
+        assert "hypervolume 1.5" in text and "diag/pred" in text
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    table = export.aggregate(export.trials_frame(rows()), MIN_MIN, ["strategy.kind"])
+    front = export.front(table, MIN_MIN)
+    for name in ("p.png", "p.html"):
+        path = export.plot(table, front, MIN_MIN, tmp_path / name, "title")
+        assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match=r"png or an \.html"):
+        export.plot(table, front, MIN_MIN, tmp_path / "p.pdf", "title")
