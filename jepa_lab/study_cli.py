@@ -206,13 +206,11 @@ def _end(session: Session, status: str) -> None:
         print(f"warning: study parent run: {exc}", file=sys.stderr)
 
 
-def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
+def _trials_bar(console: Any, show: bool) -> Any:
+    """The study's progress display: one bar over trials (and one per phase of a local trial)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from jepa_lab import study as st
-    from jepa_lab.data import DataError
-
-    bar = Progress(
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -220,6 +218,13 @@ def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
         console=console,
         disable=not show,
     )
+
+
+def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
+    from jepa_lab import study as st
+    from jepa_lab.data import DataError
+
+    bar = _trials_bar(console, show)
     with bar:
         trials = bar.add_task(
             "trials", total=session.plan.spec.n_trials, completed=_finished(session)
@@ -250,8 +255,6 @@ def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
 def _run_workers(
     session: Session, options: Any, envs: list[dict[str, str]], console: Any, show: bool
 ) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from jepa_lab import study as st
     from jepa_lab.tracking import Terminated
 
@@ -261,14 +264,7 @@ def _run_workers(
         )
         for env in envs
     ]
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not show,
-    )
+    bar = _trials_bar(console, show)
 
     def forward(k: int, stream: Any) -> None:
         for line in stream:

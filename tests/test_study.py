@@ -300,7 +300,8 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
         if spec.strategy.kind == "sigreg":
             raise jepa_lab.train.TrainingError("loss became non-finite at step 3: smoke")
         metrics = {"diag/pred_loss": 0.4, "diag/sigreg": 9.0, "eval/probe_acc": 0.5}
-        return jepa_lab.train.TrainResult(spec, steps=6, metrics=metrics)
+        dataset = {"name": "synthetic", "digest": "0" * 64, "origin": "generated"}
+        return jepa_lab.train.TrainResult(spec, steps=6, metrics=metrics, dataset=dataset)
 
     monkeypatch.setattr(jepa_lab.train, "train", train)
     path = write_study(tmp_path, "failing", grid={"strategy.kind": ["sigreg", "ema", "none"]})
