@@ -383,7 +383,7 @@ def plot(
         axes.set_ylabel(f"{y.metric} ({short(y.direction)})")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
-    figure.suptitle(title)
+    figure.suptitle(title, fontsize="medium", wrap=True)
     figure.savefig(path, dpi=110)
     return path
 

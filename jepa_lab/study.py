@@ -40,6 +40,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, fail_stale_
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
+from jepa_lab.filelock import exclusive
 from jepa_lab.specfile import SpecError
 from jepa_lab.studyspec import SamplerSpec, StudyPlan
 from jepa_lab.tracking import TrackingError, prepare_store, tracked_run
@@ -140,17 +141,6 @@ class _FlockLock(JournalFileOpenLock):
             handle.close()
 
 
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _repair_journal(path: Path) -> None:
     """Drop a last line cut short by a kill mid-write (else the next append corrupts it)."""
     if not path.exists() or path.stat().st_size == 0:
@@ -190,7 +180,7 @@ def claim_lock(storage: Storage, study: str) -> contextlib.AbstractContextManage
     path = Path(
         storage.url if storage.kind == "journal" else storage.url.removeprefix("sqlite:///")
     )
-    return _flock(path.with_name(f".{path.name}.{study}.claim"))
+    return exclusive(path.with_name(f".{path.name}.{study}.claim"))
 
 
 def open_storage(
@@ -201,7 +191,7 @@ def open_storage(
         if storage.kind == "journal":
             path = Path(storage.url)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with _flock(path.with_name(path.name + ".flock")):
+            with exclusive(path.with_name(path.name + ".flock")):
                 _repair_journal(path)
             return JournalStorage(JournalFileBackend(str(path), lock_obj=_FlockLock(str(path))))
         if storage.kind == "sqlite":

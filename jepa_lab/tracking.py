@@ -14,7 +14,6 @@ ids through ``MlflowClient``, never through MLflow's global "active run", so par
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import json
 import logging
@@ -51,6 +50,8 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
     MLFLOW_USER,
 )
+
+from jepa_lab.filelock import exclusive
 
 if TYPE_CHECKING:
     from jepa_lab.spec import ExperimentSpec
@@ -167,23 +168,16 @@ def check_store(uri: str) -> None:
         )
 
 
-@contextlib.contextmanager
-def _locked(db: Path) -> Iterator[None]:
-    """An exclusive lock beside ``db``, released by the OS if the holder dies."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(f".{db.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _store_lock(db: Path) -> contextlib.AbstractContextManager[None]:
+    """The lock beside ``db`` held while the store is created or its experiment added."""
+    return exclusive(db.with_name(f".{db.name}.lock"))
 
 
 def _build_sqlite(db: Path) -> None:
     """Create the store at ``db`` if absent: schema built under a temporary name, then renamed.
 
     A SIGKILL during MLflow's schema migration leaves a temporary file only (removed by the next
-    creation), never a half-migrated store at ``db``. Callers hold ``_locked(db)``.
+    creation), never a half-migrated store at ``db``. Callers hold ``_store_lock(db)``.
     """
     if db.exists():
         return
@@ -225,7 +219,7 @@ def ensure_store(uri: str) -> None:
     check_store(uri)
     if uri.startswith("sqlite:"):
         db = _sqlite_path(uri)
-        with _translated(uri), _locked(db):
+        with _translated(uri), _store_lock(db):
             _build_sqlite(db)
 
 
@@ -239,7 +233,7 @@ def prepare_store(uri: str, experiment: str) -> str:
     check_store(uri)
     local = uri.startswith("sqlite:")
     db = _sqlite_path(uri) if local else None
-    with _translated(uri), _locked(db) if db else contextlib.nullcontext():
+    with _translated(uri), _store_lock(db) if db else contextlib.nullcontext():
         location = None
         if db is not None:
             _build_sqlite(db)

@@ -224,15 +224,6 @@ def test_study_errors_are_located_at_the_study_files_lines(tmp_path: Path) -> No
     )
 
 
-def test_a_study_module_is_core_side() -> None:
-    code = (
-        "import sys, jepa_lab.studyspec\n"
-        "bad = [m for m in ('mlflow', 'optuna', 'typer', 'rich') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 # ------------------------------------------------------------------------- unit pieces
 
 
