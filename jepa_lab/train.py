@@ -243,9 +243,8 @@ def _run(
         )  # fmt: skip
         parts = torch.stack([loss, loss_pred, reg if reg is not None else torch.zeros_like(loss)])
         sums += parts
-        first_bad = torch.where(
-            (first_bad < 0) & ~torch.isfinite(loss), torch.tensor(step, device=device), first_bad
-        )
+        # A scalar fill: no host-to-device copy, so no sync, in the hot loop.
+        first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(loss), step)
         window_steps += 1
         done = step + 1
         if world.is_main:
