@@ -101,3 +101,15 @@ def test_core_imports_no_orchestration_library() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_probe_beats_chance_on_the_synthetic_set(smoke_path: Path) -> None:
+    """Chance is 1/4 here; 256 test images put 3 binomial std at ~8 points above it."""
+    metrics = train(load(ExperimentSpec, smoke_path)).metrics
+    chance, margin = 0.25, 3 * (0.25 * 0.75 / 256) ** 0.5
+    assert metrics["eval/pixel_probe_acc"] > chance + margin
+    assert metrics["eval/random_probe_acc"] > chance
+    assert metrics["eval/probe_acc"] > chance
+    assert metrics["eval/gain_over_random"] == pytest.approx(
+        metrics["eval/probe_acc"] - metrics["eval/random_probe_acc"]
+    )
