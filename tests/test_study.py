@@ -449,8 +449,8 @@ def test_sigkill_mid_trial_then_rerun_completes_without_duplicates(
     path = write_study(
         tmp_path,
         "killed",
-        overrides={"optim.steps": 24},
-        grid={"strategy.kind": ["ema", "sigreg"]},
+        overrides={"optim.steps": 120},  # a few seconds a trial: long enough to be caught
+        grid={"strategy.kind": ["ema", "sigreg", "none"]},
     )
     command = [sys.executable, "-m", "jepa_lab", "run", str(path), "--no-progress"]
     proc = subprocess.Popen(
@@ -475,9 +475,11 @@ def test_sigkill_mid_trial_then_rerun_completes_without_duplicates(
                 t for t in trials if t.state.name == "RUNNING" and study.RUN_ID in t.user_attrs
             ]
             if any(t.state.name == "COMPLETE" for t in trials) and running:
-                killed_at = running[0].number
-                time.sleep(1.0)  # well inside the trial: its MLflow run is open
-                break
+                time.sleep(0.5)  # inside the trial: its MLflow run is open
+                again = optuna.load_study(study_name="killed", storage=storage)
+                if again.get_trials()[running[0].number].state.name == "RUNNING":
+                    killed_at = running[0].number
+                    break  # else it finished meanwhile: wait for the next one
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -489,10 +491,10 @@ def test_sigkill_mid_trial_then_rerun_completes_without_duplicates(
 
     done = cli("run", str(path), "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
-    loaded = check_consistent(home, storage, "killed", 2)
+    loaded = check_consistent(home, storage, "killed", 3)
     trials = loaded.get_trials()
     completed = [t for t in trials if t.state.name == "COMPLETE"]
-    assert sorted(t.params["strategy.kind"] for t in completed) == ["ema", "sigreg"]
+    assert sorted(t.params["strategy.kind"] for t in completed) == ["ema", "none", "sigreg"]
     for number, values in completed_before.items():  # not run again
         assert trials[number].values == values
     [failed] = [t for t in trials if t.state.name == "FAIL"]
@@ -502,5 +504,5 @@ def test_sigkill_mid_trial_then_rerun_completes_without_duplicates(
     runs = mlflow_runs(home, "killed")
     [killed_run] = [r for r in runs if r.data.tags.get("jepa_lab.trial") == str(killed_at)]
     assert killed_run.info.status == "KILLED" and "died" in killed_run.data.tags["jepa_lab.error"]
-    assert len(runs) == 1 + 2 + 1  # parent, one per completed trial, the killed one
+    assert len(runs) == 1 + 3 + 1  # parent, one per completed trial, the killed one
     assert not list((home / "studies").glob("*.lock"))  # no Optuna lock file to wait out
