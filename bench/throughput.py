@@ -7,7 +7,16 @@ FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over one step; the 
 in the same run (a large fp32 matmul on CPU, a bf16 matmul on CUDA), so MFU = achieved / peak on
 this very machine.
 
+``--peer lightly`` also measures the same I-JEPA step built from lightly 1.6's timm modules
+(bench/harness.py says how it is matched: shapes, images, masks, loss, AdamW, EMA). The two run in
+alternating windows (ours, lightly, ours, lightly, ...) over the same batches, so a change in
+machine load hits both alike; ``ours_over_peer`` is the median of the per-round ratios. The peer
+is off by default. Asked for without lightly installed (``pip install 'jepa-lab[bench]'``), the
+script prints one error line and exits 2 before measuring anything; specs lightly cannot express
+(SIGReg, no strategy, MSE loss) are measured alone, with the reason under ``peer.skipped``.
+
     python bench/throughput.py --json bench/results/cpu.json
+    python bench/throughput.py studies/fmnist_ema.yaml --peer lightly --json peer.json
     python bench/throughput.py studies/cifar10_ijepa.yaml --device cuda --compile --json gpu.json
 """
 
@@ -23,22 +32,23 @@ import time
 from pathlib import Path
 
 import torch
+from harness import (
+    BenchError,
+    Setup,
+    add_options,
+    build_step,
+    configure,
+    peer_unsupported,
+    require_peer,
+    synchronise,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from jepa_lab.data import load_dataset
-from jepa_lab.models import build_model
 from jepa_lab.provenance import device_name, git_state
 from jepa_lab.spec import ExperimentSpec
-from jepa_lab.specfile import SpecError, load
-from jepa_lab.strategies import build_strategy
-from jepa_lab.train import build_optimizer, global_batch, pick_device, train_step
 
 DEFAULT_SPECS = ["studies/fmnist_ema.yaml", "studies/fmnist_sigreg.yaml"]
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -57,79 +67,101 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def measure(spec: ExperimentSpec, args: argparse.Namespace, device: torch.device) -> dict:
-    data = load_dataset(spec.data, args.data_dir).to(device)
-    total = spec.optim.total_steps(len(data.train_labels))
-    model = build_model(spec.model, spec.data.image_size, spec.data.channels, spec.seed).to(device)
-    strategy = build_strategy(spec.strategy, model.encoder, total).to(device)
-    optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
-    trained = torch.compile(model) if args.compile else model
-    autocast = args.dtype == "bf16"
-
-    def step(index: int) -> None:
-        images, masks = global_batch(spec, data, index, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            train_step(trained, strategy, optimizer, images, masks, spec.loss, index, None)
-
-    for index in range(args.warmup):
-        step(index)
-    synchronise(device)
-    rates = []
-    index = args.warmup
-    for _ in range(args.windows):
-        start = time.perf_counter()
-        for _ in range(args.window_steps):
+def measure(spec: ExperimentSpec, args: argparse.Namespace, setup: Setup, peak: float) -> dict:
+    """One row: our step's rates and FLOPs, and the peer's beside them when there is one."""
+    device = setup.device
+    data = load_dataset(spec.data, setup.data_dir).to(device)
+    skipped = peer_unsupported(spec) if args.peer != "none" else None
+    impls = ["ours"] + ([args.peer] if args.peer != "none" and skipped is None else [])
+    steps = {impl: build_step(impl, spec, data, setup) for impl in impls}
+    for step in steps.values():
+        for index in range(args.warmup):
             step(index)
-            index += 1
         synchronise(device)
-        rates.append(args.window_steps * spec.optim.batch_size / (time.perf_counter() - start))
-    with FlopCounterMode(display=False) as counter:
-        step(index)
-    flops_per_image = counter.get_total_flops() / spec.optim.batch_size
-    rate = statistics.median(rates)
-    return {
+    rates: dict[str, list[float]] = {impl: [] for impl in impls}
+    index = args.warmup
+    for _ in range(args.windows):  # alternating rounds over the same batches
+        for impl, step in steps.items():
+            start = time.perf_counter()
+            for offset in range(args.window_steps):
+                step(index + offset)
+            synchronise(device)
+            elapsed = time.perf_counter() - start
+            rates[impl].append(args.window_steps * spec.optim.batch_size / elapsed)
+        index += args.window_steps
+    results = {}
+    for impl, step in steps.items():
+        with FlopCounterMode(display=False) as counter:
+            step(index)
+        flops_per_image = counter.get_total_flops() / spec.optim.batch_size
+        rate = statistics.median(rates[impl])
+        results[impl] = {
+            "images_per_second": rate,
+            "images_per_second_windows": rates[impl],
+            "flops_per_image": flops_per_image,
+            "achieved_flops": rate * flops_per_image,
+            "mfu": rate * flops_per_image / peak,
+        }
+    row: dict = {
         "spec": spec.name,
         "strategy": spec.strategy.kind,
         "batch_size": spec.optim.batch_size,
-        "images_per_second": rate,
-        "images_per_second_windows": rates,
-        "flops_per_image": flops_per_image,
-        "achieved_flops": rate * flops_per_image,
+        **results["ours"],
+        "peer": None,
+        "ours_over_peer": None,
     }
+    if args.peer != "none":
+        row["peer"] = {"name": args.peer, "skipped": skipped, **results.get(args.peer, {})}
+    if args.peer in results:
+        rounds = [a / b for a, b in zip(rates["ours"], rates[args.peer], strict=True)]
+        row["ours_over_peer"] = statistics.median(rounds)
+        row["ours_over_peer_windows"] = rounds
+    return row
+
+
+def print_table(rows: list[dict], peer: str) -> None:
+    header = f"{'spec':<18}{'batch':>6}{'img/s':>10}{'GFLOP/img':>11}{'GFLOP/s':>10}{'MFU':>8}"
+    if peer != "none":
+        header += f"{peer + ' img/s':>15}{'GFLOP/img':>11}{'MFU':>8}{'ours/' + peer:>14}"
+    print(header)
+    for row in rows:
+        line = (
+            f"{row['spec']:<18}{row['batch_size']:>6}{row['images_per_second']:>10.1f}"
+            f"{row['flops_per_image'] / 1e9:>11.3f}{row['achieved_flops'] / 1e9:>10.1f}"
+            f"{100 * row['mfu']:>7.1f}%"
+        )
+        other = row["peer"]
+        if other and other["skipped"] is None:
+            line += (
+                f"{other['images_per_second']:>15.1f}{other['flops_per_image'] / 1e9:>11.3f}"
+                f"{100 * other['mfu']:>7.1f}%{row['ours_over_peer']:>13.2f}x"
+            )
+        print(line)
+    for row in rows:
+        if row["peer"] and row["peer"]["skipped"]:
+            print(f"note: {row['spec']} has no {peer} peer: {row['peer']['skipped']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", default=DEFAULT_SPECS)
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
-                        help="default: bf16 on CUDA, fp32 elsewhere")  # fmt: skip
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the spec's batch")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    add_options(parser)
+    parser.add_argument("--peer", choices=["none", "lightly"], default="none",
+                        help="also time this library's I-JEPA step, alternating")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-steps", type=int, default=4)
-    parser.add_argument("--data-dir", default=os.environ.get("JEPA_LAB_DATA"))
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-
-    device = pick_device(args.device)
-    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
-    args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    peak_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    overrides = [f"optim.batch_size={args.batch_size}"] if args.batch_size else []
     try:
-        specs = [load(ExperimentSpec, path, overrides) for path in args.specs]
-    except SpecError as exc:
+        peer_version = require_peer(args.peer) if args.peer != "none" else None
+        setup, specs = configure(args, args.specs)
+    except BenchError as exc:
         print("\n".join(f"error: {m}" for m in exc.messages), file=sys.stderr)
         return 2
-    peak = peak_flops(device, peak_dtype)
-    rows = []
-    for spec in specs:
-        row = measure(spec, args, device)
-        row["mfu"] = row["achieved_flops"] / peak
-        rows.append(row)
+    device = setup.device
+    peak = peak_flops(device, torch.bfloat16 if setup.dtype == "bf16" else torch.float32)
+    rows = [measure(spec, args, setup, peak) for spec in specs]
     commit, dirty, _ = git_state()
     report = {
         "machine": {
@@ -142,21 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "git_commit": commit,
         "git_dirty": dirty,
-        "dtype": args.dtype,
-        "compile": args.compile,
+        "dtype": setup.dtype,
+        "compile": setup.compile,
         "peak_flops": peak,
+        "peer": {"name": args.peer, "version": peer_version} if peer_version else None,
         "results": rows,
     }
-    header = f"{'spec':<18}{'batch':>6}{'img/s':>10}{'GFLOP/img':>11}{'GFLOP/s':>10}{'MFU':>8}"
-    print(f"{device_name(device)} ({device}, {torch.get_num_threads()} threads, {args.dtype}, "
+    print(f"{device_name(device)} ({device}, {torch.get_num_threads()} threads, {setup.dtype}, "
           f"peak {peak / 1e9:.1f} GFLOP/s)")  # fmt: skip
-    print(header)
-    for row in rows:
-        print(
-            f"{row['spec']:<18}{row['batch_size']:>6}{row['images_per_second']:>10.1f}"
-            f"{row['flops_per_image'] / 1e9:>11.3f}{row['achieved_flops'] / 1e9:>10.1f}"
-            f"{100 * row['mfu']:>7.1f}%"
-        )
+    print_table(rows, args.peer)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

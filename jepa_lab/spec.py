@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -122,6 +122,9 @@ DataSpec = Annotated[FashionMnistSpec | Cifar10Spec | SyntheticSpec, Field(discr
 
 # -------------------------------------------------------------------------------------- model
 
+PatchInit = Literal["xavier", "trunc_normal"]
+PATCH_INITS: tuple[PatchInit, ...] = get_args(PatchInit)
+
 
 class ModelSpec(Spec):
     """ViT encoder (no CLS token, fixed 2-D sin-cos positions) and a narrow I-JEPA predictor."""
@@ -130,8 +133,10 @@ class ModelSpec(Spec):
         4,
         ge=1,
         le=64,
-        description="Patch side in pixels. Must divide the image size; 4 on 28/32 px images "
-        "(a 7x7 / 8x8 grid). 16 px patches on 32 px images leave 4 tokens: masking is meaningless.",
+        description="Patch side in pixels; must divide the image size. 4 on 32 px CIFAR-10 (8x8 "
+        "grid); 16 px patches on 32 px images leave 4 tokens and masking is meaningless. The "
+        "Fashion-MNIST recipes use 7 (4x4 grid): 3.5x faster steps than patch 4 on a CPU, and "
+        "within 10 minutes a measured +5 points over random init where patch 4 reached +3.",
     )
     dim: int = Field(128, ge=8, le=4096, description="Encoder width (K).")
     depth: int = Field(4, ge=1, le=48, description="Encoder transformer blocks.")
@@ -140,7 +145,7 @@ class ModelSpec(Spec):
     pred_dim: int = Field(64, ge=8, le=4096, description="Predictor width (narrow, per I-JEPA).")
     pred_depth: int = Field(3, ge=1, le=48, description="Predictor transformer blocks.")
     pred_heads: int = Field(4, ge=1, le=64, description="Predictor heads; must divide pred_dim.")
-    patch_init: Literal["xavier", "trunc_normal"] = Field(
+    patch_init: PatchInit = Field(
         "xavier",
         description="Patch-embedding init. 'xavier' (as MAE) keeps image content comparable to "
         "the positional signal; 'trunc_normal' (official I-JEPA, std 0.02) makes 4x4x1 patches "
@@ -221,7 +226,14 @@ class EmaSpec(Spec):
     """I-JEPA: the target encoder is an EMA copy of the context encoder; it gets no gradient."""
 
     kind: Literal["ema"] = Field(description="Collapse-prevention strategy.")
-    momentum_start: float = Field(0.996, ge=0, le=1, description="EMA momentum at step 0.")
+    momentum_start: float = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="EMA momentum at step 0, rising linearly to momentum_end. 0.99 (I-JEPA: "
+        "0.996 over 300 ImageNet epochs): the target averages the last ~1/(1-m) steps, and runs "
+        "of a few hundred steps need a target that moves within them.",
+    )
     momentum_end: float = Field(1.0, ge=0, le=1, description="EMA momentum at the last step.")
 
 
@@ -236,14 +248,25 @@ class SigregSpec(Spec):
     lambda_: float = Field(
         0.05, alias="lambda", ge=0, le=1, description="SIGReg weight (official: 0.02-0.05)."
     )
-    directions: int = Field(256, ge=1, le=65536, description="Random 1-D projections per step.")
+    directions: int = Field(
+        64,
+        ge=1,
+        le=65536,
+        description="Random 1-D projections per step, redrawn every step. 64 by default: with "
+        "token-level SIGReg the statistic costs N_tokens x directions x knots per step; on "
+        "Fashion-MNIST (patch 4, 100 steps, one seed) 64 ran 1.65x faster than 256 for a probe "
+        "1.1 points lower (docs/results.md).",
+    )
     knots: int = Field(17, ge=3, le=257, description="Trapezoid knots on [0, t_max]; odd.")
     t_max: float = Field(3.0, gt=0, le=20, description="Integration limit of the statistic.")
     embeddings: Literal["target_pooled", "target_tokens", "context_pooled", "context_tokens"] = (
         Field(
-            "target_pooled",
+            "target_tokens",
             description="Which online embeddings are regularised: the full-image pass "
-            "('target') or the context pass, mean-pooled per image or every token.",
+            "('target') or the context pass, mean-pooled per image or every token. Every token "
+            "by default: pooled embeddings of a fresh ViT are nearly identical across images, "
+            "where SIGReg's gradient cannot spread them (B samples only); on Fashion-MNIST at 100 "
+            "steps pooled SIGReg gave a 63 % probe (below random init), token-level 78 %.",
         )
     )
     stop_gradient: bool = Field(
@@ -332,6 +355,12 @@ class EvalSpec(Spec):
     knn_k: int = Field(20, ge=1, le=1000, description="Neighbours of the cosine kNN classifier.")
     baselines: bool = Field(True, description="Also probe a random-init encoder and raw pixels.")
     batch_size: int = Field(1024, ge=1, description="Images per feature-extraction batch.")
+    every: int | None = Field(
+        None,
+        ge=1,
+        description="Also probe the evaluation encoder every N training steps (probe accuracy "
+        "against steps, logged as curve/*); null = only at the end. Each costs one probe fit.",
+    )
 
 
 # ------------------------------------------------------------------------------- experiment

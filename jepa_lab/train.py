@@ -8,6 +8,7 @@ from the device except at log steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -22,9 +23,9 @@ from torch import nn
 from jepa_lab.checkpoint import load_checkpoint, save_checkpoint
 from jepa_lab.data import Dataset, augment, batch_indices, load_dataset
 from jepa_lab.distributed import World, checksum, join_world, leave_world
-from jepa_lab.evaluate import evaluate
+from jepa_lab.evaluate import evaluate, probe_now
 from jepa_lab.masks import Masks, sample_masks
-from jepa_lab.models import build_model
+from jepa_lab.models import JEPA, build_model
 from jepa_lab.objective import jepa_losses
 from jepa_lab.provenance import provenance
 from jepa_lab.seeds import derive_seed
@@ -58,6 +59,7 @@ class TrainResult:
     steps: int
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    curve: list[dict[str, float]] = field(default_factory=list)  # probe against steps
     provenance: dict[str, str | bool | None] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)  # name, digest, sizes: no host paths
     train_seconds: float = 0.0
@@ -76,6 +78,7 @@ class TrainResult:
             "train_seconds": self.train_seconds,
             "images_per_second": self.images_per_second,
             "history": self.history,
+            "curve": self.curve,
             "dataset": self.dataset,
             "provenance": self.provenance,
         }
@@ -96,7 +99,10 @@ def describe(data: Dataset) -> dict[str, Any]:
 
 def pick_device(name: str | None) -> torch.device:
     if name is not None:
-        return torch.device(name)
+        device = torch.device(name)
+        if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        return device
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -157,8 +163,10 @@ def train_step(
     grad_clip: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward, backward, optimiser step and strategy update; returns detached losses."""
-    device = images.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    # bf16 autocast on CUDA; elsewhere no autocast context at all, so a caller's own autocast
+    # (e.g. a benchmark measuring CPU bf16) still applies.
+    on_cuda = images.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext():
         losses = jepa_losses(model, strategy, images, masks, loss_spec, step)
     loss = losses.total
     optimizer.zero_grad(set_to_none=True)
@@ -173,6 +181,31 @@ def train_step(
 
 def _nothing(*_: object) -> None:
     return None
+
+
+CURVE_FROM_EVAL = ("probe_acc", "probe_val_acc", "knn_acc")
+
+
+def _probe_curve(
+    spec: ExperimentSpec,
+    data: Dataset,
+    model: JEPA,
+    strategy: Strategy,
+    device: torch.device,
+    world: World,
+    result: TrainResult,
+    log: Log,
+    step: int,
+) -> float:
+    """Probe the model mid-run on rank 0 (``eval.every``) and return the seconds it took; the
+    other ranks wait at the next collective, well inside its timeout."""
+    if not world.is_main:
+        return 0.0
+    began = time.perf_counter()
+    curve = probe_now(spec, data, model, strategy, device)
+    result.curve.append({"step": float(step), **curve})
+    log(curve, step)
+    return time.perf_counter() - began
 
 
 def train(
@@ -228,6 +261,8 @@ def _run(
     sums = torch.zeros(3, device=device)  # loss, loss_pred, loss_reg since the last log
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     result = TrainResult(spec, start, provenance=provenance(device), dataset=describe(data))
+    if spec.eval.every and start == 0:
+        _probe_curve(spec, data, model, strategy, device, world, result, log, 0)
     window_start, window_steps = time.perf_counter(), 0
     began = window_start
     for step in range(start, stop):
@@ -275,6 +310,10 @@ def _run(
                 log(row, done)
             sums.zero_()
             window_start, window_steps = time.perf_counter(), 0
+        if spec.eval.every and done % spec.eval.every == 0 and done < total:
+            spent = _probe_curve(spec, data, model, strategy, device, world, result, log, done)
+            window_start += spent  # probing is not training time
+            began += spent
         every = options.checkpoint_every
         if checkpoint and world.is_main and every and done % every == 0:
             save_checkpoint(checkpoint, spec, done, model, strategy, optimizer)
@@ -289,4 +328,8 @@ def _run(
     if world.is_main:
         result.metrics = evaluate(spec, data, model, strategy, device, progress)
         log(result.metrics, stop)
+        if spec.eval.every:
+            final = {f"curve/{k}": result.metrics[f"eval/{k}"] for k in CURVE_FROM_EVAL}
+            diag = {f"curve/{k}": result.metrics[f"diag/{k}"] for k in ("rankme", "std")}
+            result.curve.append({"step": float(stop), **final, **diag})
     return result

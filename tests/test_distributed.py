@@ -119,14 +119,16 @@ def test_sigreg_on_a_global_batch_equals_the_single_process_value(unused_tcp_por
         torch.testing.assert_close(rank_grad / 2, full.grad.chunk(2)[rank])
 
 
-def test_cli_nproc_two_runs_and_only_rank_zero_writes(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+def cli_two_ranks(run_dir: Path, *options: str) -> dict:
+    """``jepa-lab train smoke.yaml --nproc 2 OPTIONS``: checks that only rank 0 printed and wrote
+    and that the ranks agreed at every log step; returns result.json (also for tests/test_cuda.py).
+    """
     command = [
         sys.executable, "-m", "jepa_lab", "train", str(REPO / "studies" / "smoke.yaml"),
-        "--nproc", "2", "--no-track", "--no-progress", "--run-dir", str(run_dir),
+        "--nproc", "2", "--no-track", "--no-progress", "--run-dir", str(run_dir), *options,
         *[f"--set={item}" for item in FAST],
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=run_dir.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("result: ") == 1  # one summary, from rank 0
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "result.json"]
@@ -134,3 +136,10 @@ def test_cli_nproc_two_runs_and_only_rank_zero_writes(tmp_path: Path) -> None:
     assert result["completed"] and "eval/probe_acc" in result["metrics"]
     # Every log step compared a float64 checksum of all weights across the ranks (else exit 1).
     assert [row["step"] for row in result["history"]] == [4, 8, 12]
+    return result
+
+
+def test_cli_nproc_two_runs_and_only_rank_zero_writes(tmp_path: Path) -> None:
+    # --device cpu: on a GPU machine the default would be CUDA (NCCL), which test_cuda.py covers.
+    result = cli_two_ranks(tmp_path / "run", "--device", "cpu")
+    assert result["provenance"]["device"] == "cpu"

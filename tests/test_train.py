@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jepa_lab.checkpoint import CheckpointError, read_checkpoint
-from jepa_lab.spec import ExperimentSpec
+from jepa_lab.spec import PATCH_INITS, ExperimentSpec
 from jepa_lab.specfile import load
 from jepa_lab.train import TrainingError, TrainOptions, lr_at, train, weight_decay_at
 
@@ -105,11 +105,43 @@ def test_core_imports_no_orchestration_library() -> None:
 
 def test_the_probe_beats_chance_on_the_synthetic_set(smoke_path: Path) -> None:
     """Chance is 1/4 here; 256 test images put 3 binomial std at ~8 points above it."""
-    metrics = train(load(ExperimentSpec, smoke_path)).metrics
+    result = train(smoke(smoke_path, "eval.baselines=true", "eval.every=10"))
+    metrics = result.metrics
     chance, margin = 0.25, 3 * (0.25 * 0.75 / 256) ** 0.5
     assert metrics["eval/pixel_probe_acc"] > chance + margin
     assert metrics["eval/random_probe_acc"] > chance
     assert metrics["eval/probe_acc"] > chance
+    # A random-init encoder for every initialisation; the bar is the strongest of them.
+    per_init = [metrics[f"eval/random_{init}_probe_acc"] for init in PATCH_INITS]
+    assert len(per_init) == 2 and metrics["eval/random_probe_acc"] == max(per_init)
     assert metrics["eval/gain_over_random"] == pytest.approx(
         metrics["eval/probe_acc"] - metrics["eval/random_probe_acc"]
     )
+    # The probe curve: before training (the spec's own random init), every 10 steps, the end.
+    assert [c["step"] for c in result.curve] == [0, 10, 20, 30]
+    spec_init = f"eval/random_{result.spec.model.patch_init}_probe_acc"
+    assert result.curve[0]["curve/probe_acc"] == metrics[spec_init]
+    assert result.curve[-1]["curve/probe_acc"] == metrics["eval/probe_acc"]
+
+
+def test_a_callers_cpu_autocast_reaches_the_training_step(smoke_path: Path) -> None:
+    # train_step autocasts on CUDA only; on the CPU it must not switch a caller's autocast off
+    # (the benchmark's --dtype bf16 on CPU relies on it).
+    from jepa_lab.data import load_dataset
+    from jepa_lab.models import build_model
+    from jepa_lab.strategies import build_strategy
+    from jepa_lab.train import build_optimizer, global_batch, train_step
+
+    spec = smoke(smoke_path)
+    data = load_dataset(spec.data, None)
+    model = build_model(spec.model, spec.data.image_size, spec.data.channels, spec.seed)
+    strategy = build_strategy(spec.strategy, model.encoder, 1)
+    optimizer = build_optimizer(model, spec.optim, fused=False)
+    dtypes: list[torch.dtype] = []
+    model.encoder.blocks[0].attn.qkv.register_forward_hook(
+        lambda m, i, out: dtypes.append(out.dtype)
+    )
+    images, masks = global_batch(spec, data, 0, torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, _ = train_step(model, strategy, optimizer, images, masks, spec.loss, 0, None)
+    assert dtypes == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -1,0 +1,82 @@
+"""The bench scripts on the smoke spec: tiny runs, in subprocesses as users run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+TINY = ["--device", "cpu", "--threads", "1", "--batch-size", "32"]
+
+
+def bench(
+    script: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "bench" / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+
+
+@pytest.mark.skipif(find_spec("lightly") is None, reason="lightly not installed (.[bench])")
+def test_throughput_peer_runs_alternating_windows_and_writes_the_ratio(
+    smoke_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "peer.json"
+    window = ["--warmup", "1", "--windows", "2", "--window-steps", "1"]
+    done = bench("throughput.py", str(smoke_path), "--peer", "lightly", *TINY, *window,
+                 "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ours/lightly" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["peer"]["name"] == "lightly" and report["peer"]["version"].startswith("1.6")
+    [row] = report["results"]
+    peer = row["peer"]
+    assert peer["skipped"] is None and len(peer["images_per_second_windows"]) == 2
+    # Same shapes, same masks: the FLOP counter sees the same model work in both steps.
+    assert peer["flops_per_image"] == pytest.approx(row["flops_per_image"], rel=0.01)
+    assert row["ours_over_peer"] > 0 and len(row["ours_over_peer_windows"]) == 2
+
+
+def test_throughput_peer_without_lightly_is_one_line_and_exit_2(
+    smoke_path: Path, tmp_path: Path
+) -> None:
+    hidden = tmp_path / "hide" / "lightly"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('lightly hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": str(hidden.parent)}
+    done = bench("throughput.py", str(smoke_path), "--peer", "lightly", *TINY, env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: the lightly peer needs lightly 1.6 (lightly hidden by the test): "
+        "pip install 'jepa-lab[bench]'"
+    ]
+    assert done.stdout == ""  # nothing measured
+
+
+def test_profile_step_prints_top_ops_and_writes_summary_and_trace(
+    smoke_path: Path, tmp_path: Path
+) -> None:
+    summary, trace = tmp_path / "profile.json", tmp_path / "trace.json"
+    done = bench("profile_step.py", str(smoke_path), *TINY, "--warmup", "1", "--steps", "1",
+                 "--top", "5", "--json", str(summary), "--trace", str(trace))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Self CPU" in done.stdout
+    result = json.loads(summary.read_text())
+    assert result["impl"] == "ours" and result["sorted_by"] == "self_cpu_time_total"
+    times = [op["self_cpu_us"] for op in result["ops"]]
+    assert len(times) == 5 and times == sorted(times, reverse=True) and times[-1] > 0
+    assert "traceEvents" in json.loads(trace.read_text())
+
+
+def test_fp32_on_cuda_is_refused_because_train_step_always_autocasts_there(
+    smoke_path: Path,
+) -> None:
+    done = bench("throughput.py", str(smoke_path), "--device", "cuda", "--dtype", "fp32")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: --dtype fp32 on cuda:")
