@@ -458,14 +458,27 @@ def _shielded() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _start_system_metrics(run_id: str, uri: str) -> Any:
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+class _SystemMetrics:
+    """MLflow's system-metrics sampler for one run. It publishes only after a whole sampling
+    interval, so a run shorter than one would have no system metrics: ``stop`` then takes one
+    last sample."""
 
-    monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=SYSTEM_METRICS_SECONDS, tracking_uri=uri
-    )
-    monitor.start()
-    return monitor
+    def __init__(self, run_id: str, uri: str) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=SYSTEM_METRICS_SECONDS, tracking_uri=uri
+        )
+        self.monitor.start()
+        self.first_step = self.monitor._logging_step
+
+    def stop(self) -> None:
+        monitor = self.monitor
+        monitor.finish()
+        if monitor._logging_step == self.first_step:
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
 
 
 @contextlib.contextmanager
@@ -494,7 +507,7 @@ def tracked_run(
     logger, monitor = RunLogger(client, run_id, uri), None
     status, end_tags = RunStatus.FINISHED, {}
     try:
-        monitor = _start_system_metrics(run_id, uri) if system_metrics else None
+        monitor = _SystemMetrics(run_id, uri) if system_metrics else None
         with _sigterm_raises():
             yield logger
     except (KeyboardInterrupt, Terminated) as exc:
@@ -509,7 +522,12 @@ def tracked_run(
 
 
 def _close(
-    logger: RunLogger, monitor: Any, status: int, tags: dict[str, str], *, failing: bool
+    logger: RunLogger,
+    monitor: _SystemMetrics | None,
+    status: int,
+    tags: dict[str, str],
+    *,
+    failing: bool,
 ) -> None:
     """Flush, stop sampling, tag and terminate, each attempted whatever failed before. A run whose
     last metrics could not be written ends FAILED. While another exception propagates, a tracking
@@ -522,7 +540,7 @@ def _close(
         if status == RunStatus.FINISHED:
             status, tags = RunStatus.FAILED, {ERROR_TAG: f"logging failed: {exc}"}
     if monitor is not None:
-        monitor.finish()
+        monitor.stop()
     try:
         logger.set_tags(tags)
         with _translated(logger.uri):
