@@ -7,10 +7,11 @@ identical images). Baselines that do not depend on trained weights are cached on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -151,17 +152,26 @@ def diagnostics(
     }
 
 
+@contextlib.contextmanager
+def _evaluating(model: JEPA, strategy: Strategy) -> Iterator[None]:
+    """Eval mode (dropout off, SIGReg not all-reduced) for the block, training mode after."""
+    model.eval()
+    strategy.eval()
+    try:
+        yield
+    finally:
+        model.train()
+        strategy.train()
+
+
 @torch.inference_mode()
 def probe_now(
     spec: ExperimentSpec, data: Dataset, model: JEPA, strategy: Strategy, device: torch.device
 ) -> dict[str, float]:
     """The probe and the feature diagnostics of the model as it is now (``curve/*``)."""
-    model.eval()
-    strategy.eval()
-    features = _features(strategy.eval_encoder(model.encoder), spec, data, device)
-    scores = _scores("", features, spec, data)
-    model.train()
-    strategy.train()
+    with _evaluating(model, strategy):
+        features = _features(strategy.eval_encoder(model.encoder), spec, data, device)
+        scores = _scores("", features, spec, data)
     return {
         "curve/probe_acc": scores["eval/probe_acc"],
         "curve/probe_val_acc": scores["eval/probe_val_acc"],
@@ -180,21 +190,18 @@ def evaluate(
     progress: Progress,
 ) -> dict[str, float]:
     """All evaluation metrics of a trained model (``eval/*`` and ``diag/*``)."""
-    model.eval()
-    strategy.eval()
-    encoder = strategy.eval_encoder(model.encoder)
-    progress("evaluate", 0, 3)
-    features = _features(encoder, spec, data, device)
-    metrics = _scores("", features, spec, data)
-    progress("evaluate", 1, 3)
-    metrics |= diagnostics(spec, data, model, strategy, features[1], device)
-    progress("evaluate", 2, 3)
-    if spec.eval.baselines:
-        metrics |= baselines(spec, data, device)
-        metrics["eval/gain_over_random"] = (
-            metrics["eval/probe_acc"] - metrics["eval/random_probe_acc"]
-        )
-    progress("evaluate", 3, 3)
-    model.train()
-    strategy.train()
+    with _evaluating(model, strategy):
+        encoder = strategy.eval_encoder(model.encoder)
+        progress("evaluate", 0, 3)
+        features = _features(encoder, spec, data, device)
+        metrics = _scores("", features, spec, data)
+        progress("evaluate", 1, 3)
+        metrics |= diagnostics(spec, data, model, strategy, features[1], device)
+        progress("evaluate", 2, 3)
+        if spec.eval.baselines:
+            metrics |= baselines(spec, data, device)
+            metrics["eval/gain_over_random"] = (
+                metrics["eval/probe_acc"] - metrics["eval/random_probe_acc"]
+            )
+        progress("evaluate", 3, 3)
     return metrics
