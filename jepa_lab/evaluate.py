@@ -164,6 +164,20 @@ def _evaluating(model: JEPA, strategy: Strategy) -> Iterator[None]:
         strategy.train()
 
 
+CURVE = {  # probe-curve metric -> the evaluation metric it samples mid-run
+    "curve/probe_acc": "eval/probe_acc",
+    "curve/probe_val_acc": "eval/probe_val_acc",
+    "curve/knn_acc": "eval/knn_acc",
+    "curve/rankme": "diag/rankme",
+    "curve/std": "diag/std",
+}
+
+
+def curve_point(metrics: dict[str, float]) -> dict[str, float]:
+    """The ``curve/*`` subset of evaluation metrics (a probe-curve point)."""
+    return {name: metrics[source] for name, source in CURVE.items()}
+
+
 @torch.inference_mode()
 def probe_now(
     spec: ExperimentSpec, data: Dataset, model: JEPA, strategy: Strategy, device: torch.device
@@ -172,13 +186,8 @@ def probe_now(
     with _evaluating(model, strategy):
         features = _features(strategy.eval_encoder(model.encoder), spec, data, device)
         scores = _scores("", features, spec, data)
-    return {
-        "curve/probe_acc": scores["eval/probe_acc"],
-        "curve/probe_val_acc": scores["eval/probe_val_acc"],
-        "curve/knn_acc": scores["eval/knn_acc"],
-        "curve/rankme": rankme(features[1]),
-        "curve/std": mean_std(features[1]),
-    }
+    diag = {"diag/rankme": rankme(features[1]), "diag/std": mean_std(features[1])}
+    return curve_point(scores | diag)
 
 
 def evaluate(

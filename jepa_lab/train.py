@@ -23,7 +23,7 @@ from torch import nn
 from jepa_lab.checkpoint import load_checkpoint, save_checkpoint
 from jepa_lab.data import Dataset, augment, batch_indices, load_dataset
 from jepa_lab.distributed import World, checksum, join_world, leave_world
-from jepa_lab.evaluate import evaluate, probe_now
+from jepa_lab.evaluate import curve_point, evaluate, probe_now
 from jepa_lab.masks import Masks, sample_masks
 from jepa_lab.models import JEPA, build_model
 from jepa_lab.objective import jepa_losses
@@ -183,9 +183,6 @@ def _nothing(*_: object) -> None:
     return None
 
 
-CURVE_FROM_EVAL = ("probe_acc", "probe_val_acc", "knn_acc")
-
-
 def _probe_curve(
     spec: ExperimentSpec,
     data: Dataset,
@@ -329,7 +326,5 @@ def _run(
         result.metrics = evaluate(spec, data, model, strategy, device, progress)
         log(result.metrics, stop)
         if spec.eval.every:
-            final = {f"curve/{k}": result.metrics[f"eval/{k}"] for k in CURVE_FROM_EVAL}
-            diag = {f"curve/{k}": result.metrics[f"diag/{k}"] for k in ("rankme", "std")}
-            result.curve.append({"step": float(stop), **final, **diag})
+            result.curve.append({"step": float(stop), **curve_point(result.metrics)})
     return result
