@@ -1,12 +1,12 @@
 """Study results as tables and plots: seed aggregation, Welch tests, the Pareto front, hypervolume.
 
-Pure functions of plain data (one dict per trial, as :func:`jepa_lab.study.trial_rows` builds
-them) so they are tested without Optuna or MLflow. The front is taken over *configurations*:
+Pure functions of plain data (one dict per trial, as :func:`jepa_lab.study_results.trial_rows`
+builds them) so they are tested without Optuna or MLflow. The front is taken over *configurations*:
 trials are grouped by ``config_id`` (the spec digest without its seed), which both deduplicates
-identical parameter vectors (NSGA-II may propose one twice) and aggregates the seeds of a grid
-cell (mean, std, n). With one trial per configuration this is exactly Optuna's ``best_trials``
-without duplicates. The hypervolume is always printed beside the reference point it was taken
-against, which the study file fixes.
+identical parameter vectors (NSGA-II may propose one twice) and aggregates the seeds of a grid cell
+(mean, std, n). With one trial per configuration this is exactly Optuna's ``best_trials`` without
+duplicates. The hypervolume is always printed beside the reference point it was taken against, which
+the study file fixes.
 """
 
 from __future__ import annotations

@@ -4,27 +4,27 @@ Grids run through Optuna too: every cell (x seed) is enqueued once, with fixed p
 the study is created, so resume, several workers and trial states work the same for grids and
 searches. Every decision that creates or retires a trial (claiming the next trial, counting the
 budget, failing a dead worker's trial and re-enqueueing its parameters) happens under one
-*claim lock* per study: an ``flock`` beside a local storage file, a PostgreSQL advisory lock
-otherwise. Hence ``n_trials`` is exact across workers (a check after the fact, as Optuna's
-``MaxTrialsCallback`` does, can overshoot by one trial per worker), and a grid cell is never run
-twice. Both locks vanish with their holder, so a crash never leaves a lock to wait out.
+*claim lock* per study (:func:`jepa_lab.storage.claim_lock`): an ``flock`` beside a local storage
+file, a PostgreSQL advisory lock otherwise. Hence ``n_trials`` is exact across workers (a check
+after the fact, as Optuna's ``MaxTrialsCallback`` does, can overshoot by one trial per worker),
+and a grid cell is never run twice. Both locks vanish with their holder, so a crash never leaves
+a lock to wait out.
 
 Dead workers: each trial records its worker (host, pid, process start time). A worker that
 claims, and a ``run`` that starts, fail every RUNNING trial whose worker is gone from this host,
 mark its MLflow run KILLED and re-enqueue its parameters. Workers on other machines share a
 PostgreSQL storage, whose Optuna heartbeat fails their dead trials the same way (journal files
 have no heartbeat; they serve one machine).
+
+The storage and worker identities live in :mod:`jepa_lab.storage`; the study's results (tables,
+exports, final artifacts) in :mod:`jepa_lab.study_results`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import math
 import os
-import re
-import socket
 import threading
 import time
 import warnings
@@ -32,16 +32,23 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import optuna
 import yaml
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, fail_stale_trials
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from jepa_lab.filelock import exclusive
 from jepa_lab.specfile import SpecError
+from jepa_lab.storage import (
+    HEARTBEAT_S,
+    STORAGE_ENV,
+    Storage,
+    StudyError,
+    claim_lock,
+    open_storage,
+    worker_alive,
+    worker_identity,
+)
 from jepa_lab.studyspec import SamplerSpec, StudyPlan
 from jepa_lab.tracking import TrackingError, prepare_store, tracked_run
 
@@ -50,199 +57,13 @@ if TYPE_CHECKING:
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # jepa-lab reports trials itself
 
-STORAGE_ENV = "JEPA_LAB_STORAGE"
-HEARTBEAT_S = 10  # PostgreSQL: seconds between a running trial's heartbeats
-GRACE_S = 60  # ... and without one before the trial counts as dead (fail + retry)
 POLL_S = 2.0  # an idle worker re-checks for retried trials this often
 A = "jepa_lab."  # prefix of every user attribute and tag jepa-lab sets
 PARENT, DIGEST, FINALIZED = A + "parent_run_id", A + "study_digest", A + "finalized"
 WORKER, RUN_ID, ERROR, RETRY_OF = A + "worker", A + "mlflow_run_id", A + "error", A + "retry_of"
 
 
-class StudyError(Exception):
-    """The study cannot run (storage, definition mismatch); the one-line message names the fix."""
-
-
-# ------------------------------------------------------------------------------ storage
-
-
-@dataclass(frozen=True)
-class Storage:
-    """Where the Optuna study lives: a journal file (default), SQLite, or PostgreSQL."""
-
-    kind: str  # "journal", "sqlite" or "postgresql"
-    url: str  # the file path (journal) or the database URL
-
-    @property
-    def shown(self) -> str:
-        """The URL without a password (safe to print and log)."""
-        return re.sub(r"(://[^:/@]*):[^/]*@", r"\1:***@", self.url)
-
-    @property
-    def heartbeat(self) -> bool:
-        return self.kind == "postgresql"
-
-
-def resolve_storage(url: str | None, tracking_uri: str, study: str) -> Storage:
-    """The ``--storage`` flag, else $JEPA_LAB_STORAGE, else a journal file next to the tracking
-    store (``<store folder>/studies/STUDY.journal``; the project home for a tracking server)."""
-    url = url or os.environ.get(STORAGE_ENV) or None
-    if url is None:
-        from jepa_lab.tracking import home
-
-        folder = home()
-        if tracking_uri.startswith("sqlite:///"):
-            folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
-        return Storage("journal", str(folder / "studies" / f"{study}.journal"))
-    scheme = urlsplit(url).scheme
-    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
-        return Storage("postgresql", _pg_driver(scheme) + url[len(scheme) :])
-    if scheme == "sqlite":
-        return Storage("sqlite", url)
-    if scheme == "journal" or (not scheme and url.endswith((".journal", ".log"))):
-        return Storage("journal", str(Path(url.removeprefix("journal://")).expanduser().resolve()))
-    raise StudyError(
-        f"storage {Storage('?', url).shown!r} is not supported: use postgresql://USER@HOST/DB "
-        "(workers on several machines), sqlite:///PATH.db, or a PATH.journal file (one machine; "
-        "the default)"
-    )
-
-
-def _pg_driver(scheme: str) -> str:
-    """``postgresql+DRIVER``: an explicit driver is kept; else psycopg (SQLAlchemy 2.1's default)
-    if installed, else psycopg2 (what jepa-lab depends on)."""
-    import importlib.util
-
-    if scheme.startswith("postgresql+"):
-        return scheme
-    if importlib.util.find_spec("psycopg") is not None:
-        return "postgresql+psycopg"
-    return "postgresql+psycopg2"
-
-
-class _FlockLock(JournalFileOpenLock):
-    """The journal's write lock as an ``flock``: released by the OS when its holder dies, so a
-    killed worker leaves no ``.lock`` file to wait 30 s for (Optuna's file locks do)."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path + ".flock"
-        self._handle: Any = None
-
-    def acquire(self) -> bool:
-        handle = open(self._path, "a")  # noqa: SIM115 - held until release()
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        self._handle = handle
-        return True
-
-    def release(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
-
-
-def _repair_journal(path: Path) -> None:
-    """Drop a last line cut short by a kill mid-write (else the next append corrupts it)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as handle:
-        handle.seek(-1, os.SEEK_END)
-        if handle.read(1) == b"\n":
-            return
-        handle.seek(0)
-        data = handle.read()
-        handle.truncate(data.rfind(b"\n") + 1)
-
-
-@contextlib.contextmanager
-def _pg_lock(url: str, name: str) -> Iterator[None]:
-    """A PostgreSQL session advisory lock named ``name``; freed if the connection dies."""
-    import sqlalchemy
-
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                connection.commit()
-    finally:
-        engine.dispose()
-
-
-def claim_lock(storage: Storage, study: str) -> contextlib.AbstractContextManager[None]:
-    """The study's claim lock (see the module docstring)."""
-    if storage.kind == "postgresql":
-        return _pg_lock(storage.url, f"jepa_lab.study.{study}")
-    path = Path(
-        storage.url if storage.kind == "journal" else storage.url.removeprefix("sqlite:///")
-    )
-    return exclusive(path.with_name(f".{path.name}.{study}.claim"))
-
-
-def open_storage(
-    storage: Storage, on_stale: Callable[[optuna.Study, FrozenTrial], None]
-) -> BaseStorage:
-    """The Optuna storage; PostgreSQL gets heartbeats whose stale trials go to ``on_stale``."""
-    try:
-        if storage.kind == "journal":
-            path = Path(storage.url)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with exclusive(path.with_name(path.name + ".flock")):
-                _repair_journal(path)
-            return JournalStorage(JournalFileBackend(str(path), lock_obj=_FlockLock(str(path))))
-        if storage.kind == "sqlite":
-            return RDBStorage(storage.url, engine_kwargs={"connect_args": {"timeout": 60}})
-        with _pg_lock(storage.url, "jepa_lab.schema"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(  # one process at a time creates the tables
-                storage.url,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=on_stale,
-            )
-    except (OSError, ImportError) as exc:
-        raise StudyError(f"storage {storage.shown}: {exc}") from exc
-    except Exception as exc:  # SQLAlchemy's connection errors, without importing it eagerly
-        if type(exc).__module__.startswith("sqlalchemy"):
-            text = " ".join(str(exc).split())[:300]
-            raise StudyError(f"storage {storage.shown} is unusable: {text}") from exc
-        raise
-
-
 # ------------------------------------------------------------------------------ workers
-
-
-def worker_identity() -> str:
-    """``host:pid:start`` of this process; ``start`` (clock ticks since boot) guards pid reuse."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
-
-
-def _start_ticks(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "?"
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def worker_alive(identity: str) -> bool | None:
-    """Whether the worker ``identity`` still runs: None when it ran on another host."""
-    host, _, rest = identity.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return start in ("?", _start_ticks(pid))
 
 
 def sampler_for(spec: SamplerSpec, stream: int) -> optuna.samplers.BaseSampler:
@@ -281,6 +102,34 @@ def assignments(
             env["JEPA_LAB_CPUS"] = ",".join(map(str, share))
         envs.append(env)
     return envs
+
+
+def spawn_worker(
+    plan: StudyPlan, storage: Storage, uri: str, options: WorkerOptions, env: Mapping[str, str]
+) -> Any:
+    """``python -m jepa_lab worker STUDY`` as a child process (same process group, so Ctrl-C
+    reaches it); storage and tracking URLs travel in the environment, not on the command line
+    (where ``ps`` would show a password)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "jepa_lab", "worker", str(plan.path.resolve())]
+    if options.device:
+        command += ["--device", options.device]
+    if options.data_dir:
+        command += ["--data-dir", str(options.data_dir)]
+    if options.fail_fast:
+        command.append("--fail-fast")
+    child_env = os.environ | dict(env) | {STORAGE_ENV: storage.url, "MLFLOW_TRACKING_URI": uri}
+    return subprocess.Popen(
+        command,
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
 
 
 # ------------------------------------------------------------------------------ session
@@ -446,11 +295,11 @@ def _retry(session: Session, trial: FrozenTrial, reason: str, *, failed: bool = 
 
 
 @contextlib.contextmanager
-def _mlflow(uri: str) -> Iterator[Any]:
+def mlflow_client(uri: str) -> Iterator[Any]:
     """An ``MlflowClient`` whose errors arrive as one-line :class:`TrackingError`s.
 
     The tracking contract opens runs that close with their block; a study's parent run outlives
-    processes, so its few calls are made here directly.
+    processes, so its few calls (here and in :mod:`jepa_lab.study_results`) use this client.
     """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -470,7 +319,7 @@ def _create_parent(session: Session) -> str:
         A + "kind": "grid" if spec.grid_only else "search",
         MLFLOW_RUN_NAME: f"study-{spec.name}",
     }
-    with _mlflow(session.uri) as client:
+    with mlflow_client(session.uri) as client:
         run_id = client.create_run(
             session.experiment_id, run_name=f"study-{spec.name}", tags=tags
         ).info.run_id
@@ -497,7 +346,7 @@ def _create_parent(session: Session) -> str:
 
 def set_parent_status(session: Session, status: str) -> None:
     """RUNNING while a ``run`` works on the study; FINISHED, FAILED or KILLED when it ends."""
-    with _mlflow(session.uri) as client:
+    with mlflow_client(session.uri) as client:
         if status == "RUNNING":
             client.update_run(session.parent_run_id, status="RUNNING")
         else:
@@ -510,7 +359,7 @@ def _end_orphan_runs(session: Session, number: int, reason: str) -> None:
         f"tags.mlflow.parentRunId = '{session.parent_run_id}' and "
         f"tags.`{A}trial` = '{number}' and attributes.status = 'RUNNING'"
     )
-    with _mlflow(session.uri) as client:
+    with mlflow_client(session.uri) as client:
         for run in client.search_runs([session.experiment_id], query):
             client.set_tag(run.info.run_id, A + "error", f"killed: {reason}")
             client.set_terminated(run.info.run_id, "KILLED")
@@ -744,128 +593,3 @@ def _new_failures(session: Session, before: set[int]) -> list[FrozenTrial]:
     trials = session.trials()
     retried = {t.user_attrs.get(RETRY_OF) for t in trials}
     return [t for t in trials if t.state == TrialState.FAIL and t.number not in before | retried]
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def trial_rows(session: Session) -> list[dict[str, Any]]:
-    """One plain dict per trial for :mod:`jepa_lab.export` (no Optuna objects leave here)."""
-    retried = {t.user_attrs.get(RETRY_OF) for t in session.trials()}
-    rows = []
-    for trial in session.trials():
-        attrs = trial.user_attrs
-        rows.append(
-            {
-                "trial": trial.number,
-                "state": trial.state.name,
-                "retried": trial.number in retried,
-                "config_id": attrs.get(A + "config_id"),
-                "spec_digest": attrs.get(A + "spec_digest"),
-                "seed": attrs.get(A + "seed"),
-                "strategy": attrs.get(A + "strategy"),
-                "mlflow_run_id": attrs.get(RUN_ID),
-                "error": attrs.get(ERROR, ""),
-                "settings": attrs.get(A + "settings", {}),
-                "metrics": attrs.get(A + "metrics", {}),
-                "values": trial.values,
-            }
-        )
-    return rows
-
-
-def counts(session: Session) -> dict[str, int]:
-    """Trials by state, with failed-and-retried ones apart from genuine failures."""
-    found: dict[str, int] = {}
-    for row in trial_rows(session):
-        key = "FAIL (retried)" if row["state"] == "FAIL" and row["retried"] else row["state"]
-        found[key] = found.get(key, 0) + 1
-    return found
-
-
-def setting_keys(plan: StudyPlan) -> list[str]:
-    """The dotted keys a study varies (without ``seed``), in declaration order."""
-    keys = list(plan.spec.grid or {}) + list(plan.spec.search.params if plan.spec.search else {})
-    return [k for k in dict.fromkeys(keys) if k != "seed"]
-
-
-def tables(session: Session) -> tuple[Any, Any, Any, float]:
-    """(trials, per-configuration summary, Pareto front, hypervolume) as DataFrames and a float."""
-    from jepa_lab import export
-
-    objectives = session.plan.spec.objectives
-    trials = export.trials_frame(trial_rows(session))
-    summary = export.aggregate(trials, objectives, setting_keys(session.plan))
-    front = export.front(summary, objectives)
-    return trials, summary, front, export.front_hypervolume(front, objectives)
-
-
-def export_meta(session: Session, hypervolume: float) -> dict[str, Any]:
-    """What every exported table is read with: the study, objectives, reference point, volume."""
-    objectives = session.plan.spec.objectives
-    return {
-        "study": session.plan.name,
-        "objectives": [f"{o.metric} ({o.direction})" for o in objectives],
-        "reference_point": [o.reference for o in objectives],
-        "hypervolume": hypervolume,
-    }
-
-
-def finalize(session: Session) -> None:
-    """Study-level artifacts on the parent run: the Pareto table (CSV), the per-configuration
-    summary, the plots (PNG, HTML) and the study file; the hypervolume as a metric."""
-    import tempfile
-
-    from jepa_lab import export
-
-    _, summary, front, volume = tables(session)
-    objectives, params = session.plan.spec.objectives, setting_keys(session.plan)
-    meta = export_meta(session, volume)
-    done = sum(1 for t in session.trials() if t.state == TrialState.COMPLETE)
-    with tempfile.TemporaryDirectory() as tmp, _mlflow(session.uri) as client:
-        folder = Path(tmp)
-        export.render(
-            export.export_table(front, objectives, params), "csv", meta, folder / "pareto.csv"
-        )
-        export.render(
-            export.export_table(summary, objectives, params), "csv", meta, folder / "summary.csv"
-        )
-        if not summary.empty:
-            for name in ("pareto.png", "pareto.html"):
-                export.plot(summary, front, objectives, folder / name, session.plan.name)
-        (folder / session.plan.path.name).write_text(session.plan.text)
-        for path in sorted(folder.iterdir()):
-            client.log_artifact(session.parent_run_id, str(path), "study")
-        client.log_metric(session.parent_run_id, "study/hypervolume", volume, step=done)
-        client.log_metric(session.parent_run_id, "study/complete_trials", done, step=done)
-        client.set_tag(
-            session.parent_run_id, A + "reference_point", str([o.reference for o in objectives])
-        )
-
-
-def spawn_worker(
-    plan: StudyPlan, storage: Storage, uri: str, options: WorkerOptions, env: Mapping[str, str]
-) -> Any:
-    """``python -m jepa_lab worker STUDY`` as a child process (same process group, so Ctrl-C
-    reaches it); storage and tracking URLs travel in the environment, not on the command line
-    (where ``ps`` would show a password)."""
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "jepa_lab", "worker", str(plan.path.resolve())]
-    if options.device:
-        command += ["--device", options.device]
-    if options.data_dir:
-        command += ["--data-dir", str(options.data_dir)]
-    if options.fail_fast:
-        command.append("--fail-fast")
-    child_env = os.environ | dict(env) | {STORAGE_ENV: storage.url, "MLFLOW_TRACKING_URI": uri}
-    return subprocess.Popen(
-        command,
-        env=child_env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )

@@ -56,7 +56,8 @@ def _plan(path: Path) -> StudyPlan:
 def _session(
     plan: StudyPlan, storage: str | None, tracking_uri: str | None, *, create: bool, stream: int = 0
 ) -> Session:
-    from jepa_lab.study import StudyError, open_session, resolve_storage
+    from jepa_lab.storage import StudyError, resolve_storage
+    from jepa_lab.study import open_session
     from jepa_lab.tracking import TrackingError, check_store, resolve_uri
 
     try:
@@ -152,6 +153,7 @@ def run(
     from rich.console import Console
 
     from jepa_lab import study as st
+    from jepa_lab.storage import StudyError
     from jepa_lab.tracking import Terminated
 
     gpu_ids = _parse_gpus(gpus)
@@ -186,7 +188,7 @@ def run(
     except Terminated:
         _end(session, "KILLED")
         fail("terminated: running trials were re-enqueued; run the same command to resume", 143)
-    except (st.StudyError, st.TrackingError) as exc:
+    except (StudyError, st.TrackingError) as exc:
         _end(session, "FAILED")
         fail(str(exc))
     _report(session, console)
@@ -197,10 +199,11 @@ def run(
 
 def _end(session: Session, status: str) -> None:
     from jepa_lab import study as st
+    from jepa_lab import study_results as sr
 
     try:
         if status == "FINISHED":
-            st.finalize(session)
+            sr.finalize(session)
         st.set_parent_status(session, status)
     except st.TrackingError as exc:
         print(f"warning: study parent run: {exc}", file=sys.stderr)
@@ -324,14 +327,14 @@ def _stop(procs: list[Any], wait: float, grace: float = 60.0) -> None:
 def _report(session: Session, console: Any) -> None:
     """The summary table per configuration, then the front with its hypervolume."""
 
-    from jepa_lab import study as st
+    from jepa_lab import study_results as sr
 
-    _, summary, front, volume = st.tables(session)
+    _, summary, front, volume = sr.tables(session)
     out = _console()
     out.print(summary_table(summary, session))
     out.print(front_table(front, session))
     out.print(_volume_line(session, volume), highlight=False)
-    counts = st.counts(session)
+    counts = sr.counts(session)
     out.print(
         "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False
     )
@@ -376,7 +379,7 @@ def summary_table(summary: Any, session: Session) -> Any:
     baselines, RankMe, per-dim std, positional share, prediction loss, Welch p-values."""
     from rich.table import Table
 
-    from jepa_lab.study import setting_keys
+    from jepa_lab.study_results import setting_keys
 
     params = [
         p
@@ -417,7 +420,7 @@ def front_table(front: Any, session: Session) -> Any:
     from rich.table import Table
 
     from jepa_lab.export import short
-    from jepa_lab.study import setting_keys
+    from jepa_lab.study_results import setting_keys
 
     params = [p for p in setting_keys(session.plan) if p != "strategy.kind"]
     table = Table(title=f"Pareto front ({len(front)} configurations)")
@@ -459,13 +462,13 @@ def worker(
 
     from jepa_lab import study as st
     from jepa_lab.data import DataError
-    from jepa_lab.study import worker_identity as study_worker_identity
+    from jepa_lab.storage import StudyError, worker_identity
     from jepa_lab.tracking import Terminated
 
     _apply_cpus()
     plan = _plan(study_file)
     # without --index: one stream per host and process (containers often share a pid)
-    stream = index if index is not None else zlib.crc32(study_worker_identity().encode()) + 1
+    stream = index if index is not None else zlib.crc32(worker_identity().encode()) + 1
     session = _session(plan, storage, tracking_uri, create=True, stream=stream)
     options = st.WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
 
@@ -474,7 +477,7 @@ def worker(
 
     try:
         outcomes = st.work(session, options, echo)
-    except (DataError, st.TrackingError, st.StudyError) as exc:
+    except (DataError, st.TrackingError, StudyError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted: the running trial was re-enqueued", 130)
@@ -497,12 +500,12 @@ def status(
 ) -> None:
     """Trials by state, the current Pareto front and its hypervolume."""
 
-    from jepa_lab import study as st
+    from jepa_lab import study_results as sr
 
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    _, _, front, volume = st.tables(session)
-    counts = st.counts(session)
+    _, _, front, volume = sr.tables(session)
+    counts = sr.counts(session)
     out = _console()
     out.print(
         f"study {plan.name} in {session.storage.shown}: {_finished(session)} of "
@@ -538,7 +541,7 @@ def export(
 ) -> None:
     """The Pareto-front table (mean/std/n over seeds, Welch tests) in a file format."""
     from jepa_lab import export as ex
-    from jepa_lab import study as st
+    from jepa_lab import study_results as sr
 
     suffixes = {".csv": "csv", ".md": "md", ".tex": "latex", ".parquet": "parquet", ".json": "json"}
     chosen = fmt or (suffixes.get(output.suffix.lower()) if output else None) or "csv"
@@ -548,11 +551,11 @@ def export(
         fail("parquet is binary: give an output file with -o FILE.parquet")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    _, summary, front, volume = st.tables(session)
+    _, summary, front, volume = sr.tables(session)
     rows = ex.export_table(
-        summary if all_configs else front, plan.spec.objectives, st.setting_keys(plan)
+        summary if all_configs else front, plan.spec.objectives, sr.setting_keys(plan)
     )
-    text = ex.render(rows, chosen, st.export_meta(session, volume), output)
+    text = ex.render(rows, chosen, sr.export_meta(session, volume), output)
     if text is not None:
         sys.stdout.write(text)
         print(_volume_line(session, volume), file=sys.stderr)
@@ -571,13 +574,13 @@ def plot(
 ) -> None:
     """Plot the configurations and their Pareto front (PNG or interactive HTML)."""
     from jepa_lab import export as ex
-    from jepa_lab import study as st
+    from jepa_lab import study_results as sr
 
     if output.suffix.lower() not in (".png", ".html"):
         fail(f"{output}: plot to a .png or an .html file")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    _, summary, front, volume = st.tables(session)
+    _, summary, front, volume = sr.tables(session)
     if summary.empty:
         fail(f"study {plan.name} has no complete trial yet: nothing to plot")
     ex.plot(

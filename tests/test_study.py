@@ -29,8 +29,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from typer.testing import CliRunner
 
-from jepa_lab import study
+from jepa_lab import study, study_results
 from jepa_lab.specfile import SpecError
+from jepa_lab.storage import Storage, StudyError, resolve_storage, worker_alive, worker_identity
 from jepa_lab.studyspec import is_study_file, load_study
 
 from .conftest import STUDIES
@@ -261,23 +262,23 @@ def test_bad_gpu_lists_fail_before_anything_runs(args: list[str], message: str) 
 
 
 def test_storage_urls(home: Path) -> None:
-    local = study.resolve_storage(None, f"sqlite:///{home}/mlflow.db", "s")
-    assert local == study.Storage("journal", f"{home}/studies/s.journal")
-    pg = study.resolve_storage("postgresql://u:secret@db:5432/optuna", "http://mlflow:5000", "s")
+    local = resolve_storage(None, f"sqlite:///{home}/mlflow.db", "s")
+    assert local == Storage("journal", f"{home}/studies/s.journal")
+    pg = resolve_storage("postgresql://u:secret@db:5432/optuna", "http://mlflow:5000", "s")
     assert pg.kind == "postgresql" and pg.heartbeat and "secret" not in pg.shown
-    assert study.resolve_storage("sqlite:///x.db", "", "s").kind == "sqlite"
-    with pytest.raises(study.StudyError, match="not supported"):
-        study.resolve_storage("mysql://u:pw@h/db", "", "s")
+    assert resolve_storage("sqlite:///x.db", "", "s").kind == "sqlite"
+    with pytest.raises(StudyError, match="not supported"):
+        resolve_storage("mysql://u:pw@h/db", "", "s")
 
 
 def test_worker_liveness_by_pid_and_start_time() -> None:
-    assert study.worker_alive(study.worker_identity()) is True
+    assert worker_alive(worker_identity()) is True
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = study.worker_identity().split(":")[0]
-    assert study.worker_alive(f"{host}:{dead.pid}:1") is False
-    assert study.worker_alive(f"{host}:{os.getpid()}:1") is False  # a reused pid
-    assert study.worker_alive("elsewhere:1:1") is None
+    host = worker_identity().split(":")[0]
+    assert worker_alive(f"{host}:{dead.pid}:1") is False
+    assert worker_alive(f"{host}:{os.getpid()}:1") is False  # a reused pid
+    assert worker_alive("elsewhere:1:1") is None
 
 
 def test_a_failing_trial_is_recorded_and_fail_fast_stops(
@@ -298,7 +299,7 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
     path = write_study(tmp_path, "failing", grid={"strategy.kind": ["sigreg", "ema", "none"]})
     plan = load_study(path)
     uri = resolve_uri(None)
-    session = study.open_session(plan, study.resolve_storage(None, uri, plan.name), uri)
+    session = study.open_session(plan, resolve_storage(None, uri, plan.name), uri)
     options = study.WorkerOptions(device="cpu", fail_fast=True)
     outcomes = study.work(session, options, echo=lambda outcome: None)
     assert [(o.number, o.state) for o in outcomes] == [(0, "FAIL")]  # fail-fast: stopped there
@@ -309,7 +310,8 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
     [run] = [r for r in mlflow_runs(home, "failing") if r.info.run_name == "trial-0"]
     assert run.info.status == "FAILED"
     assert "non-finite at step 3" in run.data.tags["jepa_lab.error"]
-    assert study.is_complete(session) and study.counts(session) == {"FAIL": 1, "COMPLETE": 2}
+    assert study.is_complete(session)
+    assert study_results.counts(session) == {"FAIL": 1, "COMPLETE": 2}
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -438,7 +440,7 @@ def test_search_with_two_workers_on_postgresql(home: Path, tmp_path: Path, datab
     assert done.returncode == 0, done.stderr[-3000:]
     result = in_process("export", str(path), "-f", "json", "--storage", database)
     assert result.exit_code == 0, result.output
-    storage = study.resolve_storage(database, "", "pgsearch").url
+    storage = resolve_storage(database, "", "pgsearch").url
     check_search(home, storage, path, 4, json.loads(result.stdout))
 
 
