@@ -116,9 +116,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def spec_from_run(uri: str, run_id: str, overrides: list[str] | None) -> ExperimentSpec:
     """The spec a logged run resolved, with ``overrides`` merged in."""
+    from jepa_lab.runs import spec_of_run
     from jepa_lab.spec import ExperimentSpec
     from jepa_lab.specfile import Source, SpecError, apply_overrides, validate
-    from jepa_lab.tracking import TrackingError, spec_of_run
+    from jepa_lab.tracking import TrackingError
 
     try:
         data = spec_of_run(uri, run_id)
@@ -269,7 +270,7 @@ class Tracking:
         return f"; MLflow run {self.run_id} marked {status}" if self.run_id else ""
 
     def where(self) -> str:
-        from jepa_lab.tracking import run_url
+        from jepa_lab.runs import run_url
 
         url = run_url(self.uri, self.experiment_id, self.run_id)
         return url or f"run {self.run_id} in experiment {self.experiment!r} (see: jepa-lab ui)"
@@ -315,7 +316,7 @@ def ui(
     import signal
     import socket
 
-    from jepa_lab import tracking
+    from jepa_lab import mlflow_server, tracking
 
     with socket.socket() as probe:
         probe.settimeout(1)
@@ -327,7 +328,7 @@ def ui(
     log = tracking.home() / "mlflow-server.log"
     url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     try:
-        server = tracking.start_server(uri, host, port, workers, log)
+        server = mlflow_server.start_server(uri, host, port, workers, log)
     except tracking.TrackingError as exc:
         fail(str(exc))
 
@@ -336,7 +337,7 @@ def ui(
 
     signal.signal(signal.SIGTERM, terminate)  # `kill` stops the server as Ctrl-C does
     try:
-        tracking.wait_for_server(url, server, timeout=120, log=log)
+        mlflow_server.wait_for_server(url, server, timeout=120, log=log)
         print(f"MLflow UI: {url}  (store: {uri}; Ctrl-C stops it)", flush=True)
         server.wait()
     except tracking.TrackingError as exc:
@@ -344,7 +345,7 @@ def ui(
     except KeyboardInterrupt:
         print("stopping the MLflow server", file=sys.stderr)
     finally:
-        tracking.stop_server(server)
+        mlflow_server.stop_server(server)
     if server.returncode not in (0, -2, -15, 130, 143):
         fail(f"mlflow server exited with code {server.returncode} (log: {log})")
 
@@ -363,7 +364,8 @@ def runs_list(
     from rich.console import Console
     from rich.table import Table
 
-    from jepa_lab.tracking import TrackingError, check_store, recent_runs, redact, resolve_uri
+    from jepa_lab.runs import recent_runs
+    from jepa_lab.tracking import TrackingError, check_store, redact, resolve_uri
 
     try:
         uri = resolve_uri(tracking_uri)

@@ -1,4 +1,4 @@
-"""MLflow tracking: the one module that talks to MLflow.
+"""MLflow tracking: the store, and writing runs into it.
 
 Local by default: a SQLite database and an artifact folder under one project-local home
 (``.jepa-lab/``, or ``$JEPA_LAB_HOME``); a team uses an ``http(s)://`` tracking server the same
@@ -8,7 +8,8 @@ place, so a kill mid-creation leaves no store or a complete one. Each run is ope
 :func:`tracked_run`, which always closes it FINISHED, FAILED or KILLED, and is fed through a
 :class:`RunLogger` whose ``log`` is the core's ``train(log=...)``. Runs are addressed by explicit
 ids through ``MlflowClient``, never through MLflow's global "active run", so parent and child runs
-(a study and its trials) and several threads coexist.
+(a study and its trials) and several threads coexist. Runs are read back by :mod:`jepa_lab.runs`;
+the UI's ``mlflow server`` is managed by :mod:`jepa_lab.mlflow_server`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import platform
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +30,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
@@ -98,7 +97,7 @@ def default_uri() -> str:
     return f"sqlite:///{home() / DB_NAME}"
 
 
-def _sqlite_path(uri: str) -> Path:
+def sqlite_path(uri: str) -> Path:
     path = uri.removeprefix("sqlite:///").split("?")[0]
     if not uri.startswith("sqlite:///") or path in ("", ":memory:"):
         raise TrackingError(f"tracking URI {uri!r} names no database file: use sqlite:///PATH.db")
@@ -111,7 +110,7 @@ def resolve_uri(uri: str | None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
     scheme = urlsplit(uri).scheme
     if scheme == "sqlite":
-        return f"sqlite:///{_sqlite_path(uri)}"
+        return f"sqlite:///{sqlite_path(uri)}"
     if scheme in ("http", "https"):
         return uri.rstrip("/")
     raise TrackingError(
@@ -154,7 +153,7 @@ def check_store(uri: str) -> None:
             f"tracking server {redact(uri)} does not answer ({reason}): start it, fix "
             "--tracking-uri / MLFLOW_TRACKING_URI, or pass --no-track"
         )
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     folder = next(p for p in (db.parent, *db.parents) if p.exists())
     if db.exists() and not db.is_file():
         raise TrackingError(f"tracking store {db} is not a file: remove it or pick another path")
@@ -204,7 +203,7 @@ def _slug(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _translated(uri: str) -> Iterator[None]:
+def translated(uri: str) -> Iterator[None]:
     """MLflow's, SQLAlchemy's and the OS's errors as one-line TrackingErrors naming ``uri``."""
     try:
         yield
@@ -218,8 +217,8 @@ def ensure_store(uri: str) -> None:
     """Create a local SQLite store at ``uri`` if absent (atomically); no-op for a server."""
     check_store(uri)
     if uri.startswith("sqlite:"):
-        db = _sqlite_path(uri)
-        with _translated(uri), _store_lock(db):
+        db = sqlite_path(uri)
+        with translated(uri), _store_lock(db):
             _build_sqlite(db)
 
 
@@ -232,8 +231,8 @@ def prepare_store(uri: str, experiment: str) -> str:
     """
     check_store(uri)
     local = uri.startswith("sqlite:")
-    db = _sqlite_path(uri) if local else None
-    with _translated(uri), _store_lock(db) if db else contextlib.nullcontext():
+    db = sqlite_path(uri) if local else None
+    with translated(uri), _store_lock(db) if db else contextlib.nullcontext():
         location = None
         if db is not None:
             _build_sqlite(db)
@@ -305,22 +304,22 @@ class RunLogger:
         batch, self._pending = self._pending, []
         self._last_flush = time.monotonic()
         if batch:
-            with _translated(self.uri):
+            with translated(self.uri):
                 self.client.log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if tags:
-            with _translated(self.uri):
+            with translated(self.uri):
                 self.client.log_batch(
                     self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
                 )
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        with _translated(self.uri):
+        with translated(self.uri):
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        with _translated(self.uri):
+        with translated(self.uri):
             self.client.log_text(self.run_id, text, artifact_file)
 
     def log_spec(self, spec: ExperimentSpec) -> None:
@@ -329,7 +328,7 @@ class RunLogger:
 
         data = spec.to_dict()
         params = [Param(key, value) for key, value in flatten(data).items()]
-        with _translated(self.uri):
+        with translated(self.uri):
             self.client.log_batch(self.run_id, params=params)
         self.log_text(yaml.safe_dump(data, sort_keys=False), SPEC_ARTIFACT)
         commit, dirty, diff = git_state()
@@ -360,7 +359,7 @@ class RunLogger:
             profile=json.dumps(profile),
         )
         tags = [InputTag("mlflow.data.context", "training")]
-        with _translated(self.uri):
+        with translated(self.uri):
             self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
 
     def log_result(self, result: TrainResult, run_dir: Path | None) -> None:
@@ -390,7 +389,7 @@ class RunLogger:
     def close(self) -> None:
         """Flush what is buffered and record the time logging took."""
         self.flush()
-        with _translated(self.uri):
+        with translated(self.uri):
             self.client.log_metric(self.run_id, "tracking/log_seconds", self.seconds)
 
 
@@ -502,7 +501,7 @@ def tracked_run(
     run_tags |= dict(tags or {})
     if parent_run_id is not None:
         run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    with _translated(uri):
+    with translated(uri):
         run_id = client.create_run(experiment_id, run_name=name, tags=run_tags).info.run_id
     logger, monitor = RunLogger(client, run_id, uri), None
     status, end_tags = RunStatus.FINISHED, {}
@@ -543,7 +542,7 @@ def _close(
         monitor.stop()
     try:
         logger.set_tags(tags)
-        with _translated(logger.uri):
+        with translated(logger.uri):
             logger.client.set_terminated(logger.run_id, RunStatus.to_string(status))
     except TrackingError as exc:
         problems.append(exc)
@@ -568,171 +567,3 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (containers)
         return "unknown"
-
-
-# ------------------------------------------------------------------------- reading runs
-
-
-def _reader(uri: str) -> MlflowClient:
-    """A client on a store that must exist already (reading never creates a local store)."""
-    if uri.startswith("sqlite:") and not _sqlite_path(uri).is_file():
-        raise TrackingError(
-            f"no tracking store at {_sqlite_path(uri)} yet: log a run first (jepa-lab train), or "
-            f"point --tracking-uri / {HOME_ENV} at the store"
-        )
-    return MlflowClient(uri)
-
-
-@contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """No tqdm bar for a one-file download (MLflow reads this variable at each transfer)."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    previous = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = previous
-
-
-def spec_of_run(uri: str, run_id: str) -> dict[str, Any]:
-    """The resolved spec a run logged (its ``spec.yaml``), for ``train --from-run``."""
-    client = _reader(uri)
-    with _translated(uri):
-        try:
-            client.get_run(run_id)
-        except MlflowException as exc:
-            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise
-            raise TrackingError(
-                f"run {run_id!r} not found in {redact(uri)}: check the id (jepa-lab runs list) "
-                "and --tracking-uri"
-            ) from exc
-        names = {info.path for info in client.list_artifacts(run_id)}
-        if SPEC_ARTIFACT not in names:
-            raise TrackingError(
-                f"run {run_id} has no {SPEC_ARTIFACT} artifact: it was not logged by jepa-lab train"
-            )
-        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
-            path = client.download_artifacts(run_id, SPEC_ARTIFACT, tmp)
-            data = yaml.safe_load(Path(path).read_text())
-    if not isinstance(data, dict):
-        raise TrackingError(f"run {run_id}: {SPEC_ARTIFACT} is not a mapping")
-    return data
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    name: str
-    run_id: str
-    experiment: str
-    status: str
-    start_time: float  # seconds since the epoch
-    parent_run_id: str | None
-    tags: dict[str, str]
-    metrics: dict[str, float]
-
-
-def recent_runs(uri: str, experiment: str | None = None, limit: int = 20) -> list[RunSummary]:
-    """The latest ``limit`` runs of ``experiment`` (default: every experiment), newest first."""
-    client = _reader(uri)
-    with _translated(uri):
-        if experiment is None:
-            experiments = list(client.search_experiments())
-        else:
-            found = client.get_experiment_by_name(experiment)
-            if found is None:
-                raise TrackingError(
-                    f"no experiment {experiment!r} in {redact(uri)}: see `jepa-lab runs list`"
-                )
-            experiments = [found]
-        names = {e.experiment_id: e.name for e in experiments}
-        runs = client.search_runs(
-            list(names), order_by=["attributes.start_time DESC"], max_results=limit
-        ) if names else []  # fmt: skip
-    return [
-        RunSummary(
-            name=run.info.run_name or "",
-            run_id=run.info.run_id,
-            experiment=names[run.info.experiment_id],
-            status=run.info.status,
-            start_time=run.info.start_time / 1000,
-            parent_run_id=run.data.tags.get(MLFLOW_PARENT_RUN_ID),
-            tags=dict(run.data.tags),
-            metrics=dict(run.data.metrics),
-        )
-        for run in runs
-    ]
-
-
-def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
-    """The run's page in a tracking server's UI (None for a local store)."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    return f"{redact(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-# ------------------------------------------------------------------------------ the UI
-
-
-def server_command(backend_uri: str, host: str, port: int, workers: int) -> list[str]:
-    """``mlflow server`` on ``backend_uri``; a local store keeps its artifacts beside it."""
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-               "--host", host, "--port", str(port), "--workers", str(workers)]  # fmt: skip
-    if backend_uri.startswith("sqlite:"):
-        root = _sqlite_path(backend_uri).parent / "artifacts"
-        command += ["--default-artifact-root", root.as_uri()]
-    return command
-
-
-def start_server(
-    backend_uri: str, host: str, port: int, workers: int, log_path: Path
-) -> subprocess.Popen[bytes]:
-    """Start ``mlflow server`` in its own process group (stop it with :func:`stop_server`)."""
-    if backend_uri.startswith("sqlite:"):
-        ensure_store(backend_uri)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    # The GenAI job runner (extra worker processes) has nothing to do for jepa-lab.
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            server_command(backend_uri, host, port, workers),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
-        )  # fmt: skip
-
-
-def wait_for_server(url: str, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
-    """Return once ``url`` answers /health; TrackingError if the server exits or never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise TrackingError(
-                f"mlflow server exited with code {process.returncode}: "
-                f"{' | '.join(tail) or 'no output'} (full log: {log})"
-            )
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.25)
-    raise TrackingError(
-        f"mlflow server did not answer at {url} within {timeout:.0f} s (log: {log})"
-    )
-
-
-def stop_server(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Ctrl-C to the server's whole process group, then SIGTERM, then SIGKILL."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        if process.poll() is not None:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=grace / 2)
-    with contextlib.suppress(ProcessLookupError):  # workers that outlived the leader
-        os.killpg(process.pid, signal.SIGKILL)
