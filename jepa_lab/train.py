@@ -9,7 +9,6 @@ from the device except at log steps.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -27,9 +26,10 @@ from jepa_lab.evaluate import curve_point, evaluate, probe_now
 from jepa_lab.masks import Masks, sample_masks
 from jepa_lab.models import JEPA, build_model
 from jepa_lab.objective import jepa_losses
+from jepa_lab.optim import build_optimizer, lr_at, weight_decay_at
 from jepa_lab.provenance import provenance
 from jepa_lab.seeds import derive_seed
-from jepa_lab.spec import EmaSpec, ExperimentSpec, LossSpec, OptimSpec
+from jepa_lab.spec import EmaSpec, ExperimentSpec, LossSpec
 from jepa_lab.strategies import Strategy, build_strategy, momentum_at
 
 Log = Callable[[Mapping[str, float], int], None]
@@ -109,33 +109,6 @@ def pick_device(name: str | None) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def lr_at(spec: OptimSpec, step: int, total: int) -> float:
-    """Linear warmup lr_start -> lr over ``warmup * total`` steps, then cosine to lr_end."""
-    warmup = int(spec.warmup * total)
-    if step < warmup:
-        return spec.lr_start + (spec.lr - spec.lr_start) * step / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return spec.lr_end + (spec.lr - spec.lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def weight_decay_at(spec: OptimSpec, step: int, total: int) -> float:
-    """Cosine ramp from weight_decay_start to weight_decay_end over the run (I-JEPA)."""
-    progress = min(step / max(total, 1), 1.0)
-    start, end = spec.weight_decay_start, spec.weight_decay_end
-    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: nn.Module, spec: OptimSpec, fused: bool) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases and other 1-D parameters (norms)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups: list[dict[str, Any]] = [
-        {"params": decay},
-        {"params": no_decay, "weight_decay": 0.0, "no_decay": True},
-    ]
-    return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, fused=fused or None)
 
 
 def global_batch(

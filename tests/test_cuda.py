@@ -11,9 +11,10 @@ import torch
 from jepa_lab.data import Dataset, load_dataset
 from jepa_lab.models import JEPA, build_model
 from jepa_lab.objective import jepa_losses
+from jepa_lab.optim import build_optimizer
 from jepa_lab.spec import ExperimentSpec
 from jepa_lab.strategies import Strategy, build_strategy
-from jepa_lab.train import build_optimizer, global_batch, train_step
+from jepa_lab.train import global_batch, train_step
 
 from .test_distributed import cli_two_ranks
 from .test_train import smoke

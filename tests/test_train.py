@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from jepa_lab.checkpoint import CheckpointError, read_checkpoint
+from jepa_lab.optim import lr_at, weight_decay_at
 from jepa_lab.spec import PATCH_INITS, ExperimentSpec
 from jepa_lab.specfile import load
-from jepa_lab.train import TrainingError, TrainOptions, lr_at, train, weight_decay_at
+from jepa_lab.train import TrainingError, TrainOptions, train
 
 STRATEGIES = {
     "ema": [],
@@ -129,8 +130,9 @@ def test_a_callers_cpu_autocast_reaches_the_training_step(smoke_path: Path) -> N
     # (the benchmark's --dtype bf16 on CPU relies on it).
     from jepa_lab.data import load_dataset
     from jepa_lab.models import build_model
+    from jepa_lab.optim import build_optimizer
     from jepa_lab.strategies import build_strategy
-    from jepa_lab.train import build_optimizer, global_batch, train_step
+    from jepa_lab.train import global_batch, train_step
 
     spec = smoke(smoke_path)
     data = load_dataset(spec.data, None)
