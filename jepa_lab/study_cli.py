@@ -9,7 +9,6 @@ trials were failed and re-enqueued, so the same command resumes.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import subprocess
@@ -328,6 +327,7 @@ def _report(session: Session, console: Any) -> None:
     """The summary table per configuration, then the front with its hypervolume."""
 
     from jepa_lab import study_results as sr
+    from jepa_lab.study_tables import front_table, summary_table
 
     _, summary, front, volume = sr.tables(session)
     out = _console()
@@ -354,90 +354,6 @@ def _volume_line(session: Session, volume: float) -> str:
         f"hypervolume {volume:.6g}  (reference point "
         f"{', '.join(f'{o.metric}={o.reference:g}' for o in objectives)})"
     )
-
-
-def _fmt(value: Any, std: Any = math.nan, n: int | None = None, pct: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    scale, unit = (100.0, " %") if pct else (1.0, "")
-    text = f"{scale * value:.2f}" if pct else f"{value:.4g}"
-    if isinstance(std, float) and not math.isnan(std):
-        text += f" ± {scale * std:.2f}" if pct else f" ± {std:.2g}"
-    if n is not None and n > 1:
-        text += f" ({n})"
-    return text + unit
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def summary_table(summary: Any, session: Session) -> Any:
-    """Per configuration: probe accuracy mean ± std (n), kNN, the random-init and raw-pixel
-    baselines, RankMe, per-dim std, positional share, prediction loss, Welch p-values."""
-    from rich.table import Table
-
-    from jepa_lab.study_results import setting_keys
-
-    params = [
-        p
-        for p in setting_keys(session.plan)
-        if p != "strategy.kind" and p in summary and summary[p].nunique() > 1
-    ]
-    table = Table(title=f"study {session.plan.name}: {len(summary)} configurations")
-    columns = [
-        ("strategy", None, False),
-        *[(p, None, False) for p in params],
-        ("probe", "eval/probe_acc", True),
-        ("kNN", "eval/knn_acc", True),
-        ("random init", "eval/random_probe_acc", True),
-        ("raw pixels", "eval/pixel_probe_acc", True),
-        ("RankMe", "diag/rankme", False),
-        ("per-dim std", "diag/std", False),
-        ("pos. share", "diag/positional_share", False),
-        ("pred. loss", "diag/pred_loss", False),
-    ]
-    tests = [c for c in summary.columns if c.startswith("p_vs_")]
-    for name, _, _ in columns:
-        table.add_column(name, justify="left" if name == "strategy" or name in params else "right")
-    for name in tests:
-        table.add_column(name.replace("p_vs_", "p vs "), justify="right")
-    for _, row in summary.iterrows():
-        cells = []
-        for name, metric, pct in columns:
-            if metric is None:
-                cells.append(_cell(row.get(name)))
-            else:
-                cells.append(_fmt(row.get(metric), row.get(f"{metric} std"), int(row["n"]), pct))
-        cells += [_fmt(row.get(name)) for name in tests]
-        table.add_row(*cells)
-    return table
-
-
-def front_table(front: Any, session: Session) -> Any:
-    from rich.table import Table
-
-    from jepa_lab.export import short
-    from jepa_lab.study_results import setting_keys
-
-    params = [p for p in setting_keys(session.plan) if p != "strategy.kind"]
-    table = Table(title=f"Pareto front ({len(front)} configurations)")
-    for name in ("trial", "config", "strategy", *params):
-        table.add_column(name)
-    objectives = session.plan.spec.objectives
-    for o in objectives:
-        table.add_column(f"{o.metric} ({short(o.direction)})", justify="right")
-    for _, row in front.iterrows():
-        table.add_row(
-            str(row["trial"]),
-            str(row["config_id"]),
-            str(row["strategy"]),
-            *[_cell(row.get(p)) for p in params],
-            *[_fmt(row[o.metric], row.get(f"{o.metric} std"), int(row["n"])) for o in objectives],
-        )
-    return table
 
 
 def worker(
@@ -501,6 +417,7 @@ def status(
     """Trials by state, the current Pareto front and its hypervolume."""
 
     from jepa_lab import study_results as sr
+    from jepa_lab.study_tables import front_table
 
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
