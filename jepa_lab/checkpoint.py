@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
 
 from jepa_lab.spec import ExperimentSpec
+
+
+class Records(TypedDict):
+    """What a run has logged so far, as plain rows (``weights_only`` loads them)."""
+
+    history: list[dict[str, float]]  # training metrics at log steps
+    curve: list[dict[str, float]]  # probe against steps (eval.every)
 
 
 class CheckpointError(Exception):
@@ -23,10 +30,12 @@ def save_checkpoint(
     model: nn.Module,
     strategy: nn.Module,
     optimizer: torch.optim.Optimizer,
+    records: Records,
 ) -> None:
     """Write the training state at ``step`` (steps done) to ``path`` atomically.
 
     Plain state dicts of the unwrapped modules: a checkpoint from N ranks resumes on M ranks.
+    ``records`` (the logged rows and probe curve so far) make a resumed run's result whole.
     """
     state = {
         "spec": spec.to_dict(),
@@ -36,6 +45,7 @@ def save_checkpoint(
         "strategy": strategy.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng_cpu": torch.get_rng_state(),
+        "records": records,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -59,8 +69,9 @@ def load_checkpoint(
     model: nn.Module,
     strategy: nn.Module,
     optimizer: torch.optim.Optimizer,
-) -> int:
-    """Restore the state saved at ``path`` into the given modules; returns the steps done."""
+) -> tuple[int, Records]:
+    """Restore the state saved at ``path`` into the given modules; returns the steps done and
+    the records saved with them."""
     state = read_checkpoint(path)
     if state["spec_digest"] != spec.digest():
         raise CheckpointError(
@@ -71,4 +82,4 @@ def load_checkpoint(
     strategy.load_state_dict(state["strategy"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"])
-    return int(state["step"])
+    return int(state["step"]), state["records"]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from jepa_lab.checkpoint import load_checkpoint, save_checkpoint
+from jepa_lab.checkpoint import Records, load_checkpoint, save_checkpoint
 from jepa_lab.data import Dataset, augment, batch_indices, load_dataset
 from jepa_lab.distributed import World, checksum, join_world, leave_world
 from jepa_lab.evaluate import curve_point, evaluate, probe_now
@@ -65,6 +65,10 @@ class TrainResult:
     train_seconds: float = 0.0
     images_per_second: float = 0.0
     completed: bool = True
+
+    def records(self) -> Records:
+        """The logged rows and the probe curve: what a checkpoint keeps for a resumed run."""
+        return {"history": self.history, "curve": self.curve}
 
     def to_dict(self) -> dict[str, Any]:
         """The result as written to result.json and logged to MLflow."""
@@ -218,9 +222,9 @@ def _run(
     ).to(device)
     optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
     checkpoint = options.run_dir / "checkpoint.pt" if options.run_dir else None
-    start = 0
+    start, records = 0, Records(history=[], curve=[])
     if options.resume and checkpoint is not None:
-        start = load_checkpoint(checkpoint, spec, model, strategy, optimizer)
+        start, records = load_checkpoint(checkpoint, spec, model, strategy, optimizer)
     trained: nn.Module = model
     if world.size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -230,7 +234,10 @@ def _run(
     stop = min(total, options.stop_at or total)
     sums = torch.zeros(3, device=device)  # loss, loss_pred, loss_reg since the last log
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    result = TrainResult(spec, start, provenance=provenance(device), dataset=describe(data))
+    result = TrainResult(  # with the rows and curve logged before a resume, if any
+        spec, start, history=records["history"], curve=records["curve"],
+        provenance=provenance(device), dataset=describe(data),
+    )  # fmt: skip
     if spec.eval.every and start == 0:
         _probe_curve(spec, data, model, strategy, device, world, result, log, 0)
     window_start, window_steps = time.perf_counter(), 0
@@ -286,12 +293,12 @@ def _run(
             began += spent
         every = options.checkpoint_every
         if checkpoint and world.is_main and every and done % every == 0:
-            save_checkpoint(checkpoint, spec, done, model, strategy, optimizer)
+            save_checkpoint(checkpoint, spec, done, model, strategy, optimizer, result.records())
     result.steps = stop
     result.train_seconds = time.perf_counter() - began
     result.images_per_second = (stop - start) * spec.optim.batch_size / result.train_seconds
     if checkpoint and world.is_main:
-        save_checkpoint(checkpoint, spec, stop, model, strategy, optimizer)
+        save_checkpoint(checkpoint, spec, stop, model, strategy, optimizer, result.records())
     if stop < total:
         result.completed = False
         return result

@@ -46,13 +46,18 @@ def test_each_strategy_trains_with_a_finite_falling_loss(smoke_path: Path, kind:
 
 
 def test_resumed_run_ends_with_the_same_weights(smoke_path: Path, tmp_path: Path) -> None:
-    spec = smoke(smoke_path, "strategy.kind=ema", "eval.probe_train=64")
+    spec = smoke(smoke_path, "strategy.kind=ema", "eval.probe_train=64", "eval.every=5")
     whole = tmp_path / "whole"
-    train(spec, options=TrainOptions(run_dir=whole, device="cpu"))
+    uninterrupted = train(spec, options=TrainOptions(run_dir=whole, device="cpu"))
     parts = tmp_path / "parts"
     partial = train(spec, options=TrainOptions(run_dir=parts, device="cpu", stop_at=13))
     assert not partial.completed and read_checkpoint(parts / "checkpoint.pt")["step"] == 13
-    train(spec, options=TrainOptions(run_dir=parts, device="cpu", resume=True))
+    resumed = train(spec, options=TrainOptions(run_dir=parts, device="cpu", resume=True))
+    # The resumed run's result holds what was logged before the interruption too: every log
+    # row (plus the one the interruption closed at step 13) and the whole probe curve.
+    steps = [row["step"] for row in uninterrupted.history]
+    assert [row["step"] for row in resumed.history] == sorted([*steps, 13.0])
+    assert len(resumed.curve) > 2 and resumed.curve == uninterrupted.curve
     a, b = read_checkpoint(whole / "checkpoint.pt"), read_checkpoint(parts / "checkpoint.pt")
     for key in ("model", "strategy"):
         for name, tensor in a[key].items():
