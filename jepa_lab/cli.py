@@ -119,7 +119,7 @@ def spec_from_run(uri: str, run_id: str, overrides: list[str] | None) -> Experim
     from jepa_lab.runs import spec_of_run
     from jepa_lab.spec import ExperimentSpec
     from jepa_lab.specfile import Source, SpecError, apply_overrides, validate
-    from jepa_lab.tracking import TrackingError
+    from jepa_lab.store import TrackingError
 
     try:
         data = spec_of_run(uri, run_id)
@@ -178,7 +178,7 @@ def train(
     track = track and main_rank
     uri = None
     if track or from_run:
-        from jepa_lab.tracking import TrackingError, check_store, resolve_uri
+        from jepa_lab.store import TrackingError, check_store, resolve_uri
 
         try:  # seconds, before the spec and torch load: an unreachable server fails at once
             uri = resolve_uri(tracking_uri)
@@ -207,7 +207,8 @@ def train(
     stopped: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
     failed: tuple[type[BaseException], ...] = (DataError, CheckpointError)
     if tracking is not None:
-        from jepa_lab.tracking import Terminated, TrackingError
+        from jepa_lab.store import TrackingError
+        from jepa_lab.tracking import Terminated
 
         stopped, failed = (*stopped, Terminated), (*failed, TrackingError)
     try:
@@ -257,7 +258,8 @@ class Tracking:
 
     @contextlib.contextmanager
     def run(self, spec: ExperimentSpec) -> Iterator[RunLogger]:
-        from jepa_lab.tracking import prepare_store, tracked_run
+        from jepa_lab.store import prepare_store
+        from jepa_lab.tracking import tracked_run
 
         self.experiment_id = prepare_store(self.uri, self.experiment)
         name = f"{spec.name}-seed{spec.seed}"
@@ -316,20 +318,20 @@ def ui(
     import signal
     import socket
 
-    from jepa_lab import mlflow_server, tracking
+    from jepa_lab import mlflow_server, store
 
     with socket.socket() as probe:
         probe.settimeout(1)
         if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
             fail(f"port {port} on {host} is already in use: pick another with --port")
-    uri = backend_store_uri or tracking.default_uri()
+    uri = backend_store_uri or store.default_uri()
     if uri.startswith("sqlite:"):
-        uri = tracking.resolve_uri(uri)
-    log = tracking.home() / "mlflow-server.log"
+        uri = store.resolve_uri(uri)
+    log = store.home() / "mlflow-server.log"
     url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     try:
         server = mlflow_server.start_server(uri, host, port, workers, log)
-    except tracking.TrackingError as exc:
+    except store.TrackingError as exc:
         fail(str(exc))
 
     def terminate(signum: int, frame: object) -> None:
@@ -340,7 +342,7 @@ def ui(
         mlflow_server.wait_for_server(url, server, timeout=120, log=log)
         print(f"MLflow UI: {url}  (store: {uri}; Ctrl-C stops it)", flush=True)
         server.wait()
-    except tracking.TrackingError as exc:
+    except store.TrackingError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         print("stopping the MLflow server", file=sys.stderr)
@@ -365,7 +367,7 @@ def runs_list(
     from rich.table import Table
 
     from jepa_lab.runs import recent_runs
-    from jepa_lab.tracking import TrackingError, check_store, redact, resolve_uri
+    from jepa_lab.store import TrackingError, check_store, redact, resolve_uri
 
     try:
         uri = resolve_uri(tracking_uri)

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from jepa_lab.tracking import TrackingError, ensure_store, sqlite_path
+from jepa_lab.store import TrackingError, ensure_store, sqlite_path
 
 
 def server_command(backend_uri: str, host: str, port: int, workers: int) -> list[str]:

@@ -18,14 +18,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from jepa_lab.tracking import (
-    HOME_ENV,
-    SPEC_ARTIFACT,
-    TrackingError,
-    redact,
-    sqlite_path,
-    translated,
-)
+from jepa_lab.store import HOME_ENV, TrackingError, redact, sqlite_path, translated
+from jepa_lab.tracking import SPEC_ARTIFACT
 
 
 def _reader(uri: str) -> MlflowClient:

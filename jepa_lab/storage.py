@@ -63,7 +63,7 @@ def resolve_storage(url: str | None, tracking_uri: str, study: str) -> Storage:
     store (``<store folder>/studies/STUDY.journal``; the project home for a tracking server)."""
     url = url or os.environ.get(STORAGE_ENV) or None
     if url is None:
-        from jepa_lab.tracking import home
+        from jepa_lab.store import home
 
         folder = home()
         if tracking_uri.startswith("sqlite:///"):

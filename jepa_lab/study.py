@@ -49,8 +49,9 @@ from jepa_lab.storage import (
     worker_alive,
     worker_identity,
 )
+from jepa_lab.store import TrackingError, prepare_store
 from jepa_lab.studyspec import SamplerSpec, StudyPlan
-from jepa_lab.tracking import TrackingError, prepare_store, tracked_run
+from jepa_lab.tracking import tracked_run
 
 if TYPE_CHECKING:
     from jepa_lab.train import Progress

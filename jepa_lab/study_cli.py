@@ -56,8 +56,8 @@ def _session(
     plan: StudyPlan, storage: str | None, tracking_uri: str | None, *, create: bool, stream: int = 0
 ) -> Session:
     from jepa_lab.storage import StudyError, resolve_storage
+    from jepa_lab.store import TrackingError, check_store, resolve_uri
     from jepa_lab.study import open_session
-    from jepa_lab.tracking import TrackingError, check_store, resolve_uri
 
     try:
         uri = resolve_uri(tracking_uri)

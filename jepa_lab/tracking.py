@@ -1,15 +1,10 @@
-"""MLflow tracking: the store, and writing runs into it.
+"""MLflow tracking: writing runs into the store (see :mod:`jepa_lab.store`).
 
-Local by default: a SQLite database and an artifact folder under one project-local home
-(``.jepa-lab/``, or ``$JEPA_LAB_HOME``); a team uses an ``http(s)://`` tracking server the same
-way. The store and the experiment are created once, in the parent, before any worker starts
-(:func:`prepare_store`); a fresh SQLite store is built under a temporary name and renamed into
-place, so a kill mid-creation leaves no store or a complete one. Each run is opened by
-:func:`tracked_run`, which always closes it FINISHED, FAILED or KILLED, and is fed through a
-:class:`RunLogger` whose ``log`` is the core's ``train(log=...)``. Runs are addressed by explicit
-ids through ``MlflowClient``, never through MLflow's global "active run", so parent and child runs
-(a study and its trials) and several threads coexist. Runs are read back by :mod:`jepa_lab.runs`;
-the UI's ``mlflow server`` is managed by :mod:`jepa_lab.mlflow_server`.
+Each run is opened by :func:`tracked_run`, which always closes it FINISHED, FAILED or KILLED, and
+is fed through a :class:`RunLogger` whose ``log`` is the core's ``train(log=...)``. Runs are
+addressed by explicit ids through ``MlflowClient``, never through MLflow's global "active run", so
+parent and child runs (a study and its trials) and several threads coexist. Runs are read back by
+:mod:`jepa_lab.runs`; the UI's ``mlflow server`` is managed by :mod:`jepa_lab.mlflow_server`.
 """
 
 from __future__ import annotations
@@ -17,30 +12,21 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import logging
-import os
 import platform
-import re
-import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-import sqlalchemy.exc
 import yaml
 from mlflow.entities import Dataset as MlflowDataset
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import (
     MLFLOW_GIT_COMMIT,
@@ -50,210 +36,22 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
-from jepa_lab.filelock import exclusive
+from jepa_lab.store import TrackingError, one_line, translated
 
 if TYPE_CHECKING:
     from jepa_lab.spec import ExperimentSpec
     from jepa_lab.train import TrainResult
 
-DEFAULT_HOME = Path(".jepa-lab")
-HOME_ENV = "JEPA_LAB_HOME"
-DB_NAME = "mlflow.db"
 SPEC_ARTIFACT = "spec.yaml"
 FLUSH_ROWS = 500  # buffered metric values before a log_batch (MLflow takes 1000 at most)
 FLUSH_SECONDS = 10.0  # ... or this long since the last one, whichever comes first
 SYSTEM_METRICS_SECONDS = 10.0  # sampling interval; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
-CHECK_TIMEOUT_S = 5.0
-MIN_FREE_BYTES = 64 * 2**20
 TAG = "jepa_lab."  # prefix of every jepa-lab tag: jepa_lab.strategy, jepa_lab.config_id, ...
 ERROR_TAG = TAG + "error"
-# MLflow 3's UI shows an experiment as model training (runs, metrics), not GenAI (traces).
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-
-
-# MLflow narrates store creation and system-metrics sampling at INFO on stderr: keep warnings.
-for _name in ("mlflow.store.db.utils", "mlflow.system_metrics", "alembic"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-
-
-class TrackingError(Exception):
-    """The tracking store cannot be used; the one-line message names the URI and the fix."""
 
 
 class Terminated(BaseException):
     """Raised in the main thread by SIGTERM while a run is open, so it ends KILLED."""
-
-
-# ------------------------------------------------------------------------------ the store
-
-
-def home() -> Path:
-    """The absolute project-local folder of the default store: $JEPA_LAB_HOME or .jepa-lab."""
-    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
-
-
-def default_uri() -> str:
-    """``sqlite:////ABS/.jepa-lab/mlflow.db``."""
-    return f"sqlite:///{home() / DB_NAME}"
-
-
-def sqlite_path(uri: str) -> Path:
-    path = uri.removeprefix("sqlite:///").split("?")[0]
-    if not uri.startswith("sqlite:///") or path in ("", ":memory:"):
-        raise TrackingError(f"tracking URI {uri!r} names no database file: use sqlite:///PATH.db")
-    return Path(path).expanduser().resolve()
-
-
-def resolve_uri(uri: str | None) -> str:
-    """The flag, else $MLFLOW_TRACKING_URI, else :func:`default_uri`; SQLite paths made absolute
-    (so every process, whatever its working directory, opens the same file)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
-    scheme = urlsplit(uri).scheme
-    if scheme == "sqlite":
-        return f"sqlite:///{sqlite_path(uri)}"
-    if scheme in ("http", "https"):
-        return uri.rstrip("/")
-    raise TrackingError(
-        f"tracking URI {redact(uri)!r} is not supported: use sqlite:///PATH.db (local, the "
-        "default) or http(s)://HOST:PORT of an MLflow server (MLflow's ./mlruns file store is "
-        "deprecated; put a team database behind `mlflow server`)"
-    )
-
-
-def redact(uri: str) -> str:
-    """``uri`` without a user:password part."""
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"***@{parts.hostname}{port}").geturl()
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check_store(uri: str) -> None:
-    """Fast preflight: an http(s) server answers /health, or a SQLite store's folder is usable.
-
-    Raises :class:`TrackingError` naming the URI and the fix, in seconds, before any training.
-    """
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=CHECK_TIMEOUT_S):
-                return
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500:  # it answers (an auth proxy may guard /health)
-                return
-            reason = f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:  # URLError, refused, timeout
-            reason = _one_line(getattr(exc, "reason", exc))
-        raise TrackingError(
-            f"tracking server {redact(uri)} does not answer ({reason}): start it, fix "
-            "--tracking-uri / MLFLOW_TRACKING_URI, or pass --no-track"
-        )
-    db = sqlite_path(uri)
-    folder = next(p for p in (db.parent, *db.parents) if p.exists())
-    if db.exists() and not db.is_file():
-        raise TrackingError(f"tracking store {db} is not a file: remove it or pick another path")
-    if not os.access(folder, os.W_OK):
-        raise TrackingError(f"tracking store folder {folder} is not writable: fix its permissions")
-    free = shutil.disk_usage(folder).free
-    if free < MIN_FREE_BYTES:
-        raise TrackingError(
-            f"only {free // 2**20} MiB free on the disk of {db.parent}: free some space, point "
-            f"{HOME_ENV} elsewhere, or pass --no-track"
-        )
-
-
-def _store_lock(db: Path) -> contextlib.AbstractContextManager[None]:
-    """The lock beside ``db`` held while the store is created or its experiment added."""
-    return exclusive(db.with_name(f".{db.name}.lock"))
-
-
-def _build_sqlite(db: Path) -> None:
-    """Create the store at ``db`` if absent: schema built under a temporary name, then renamed.
-
-    A SIGKILL during MLflow's schema migration leaves a temporary file only (removed by the next
-    creation), never a half-migrated store at ``db``. Callers hold ``_store_lock(db)``.
-    """
-    if db.exists():
-        return
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    for stale in db.parent.glob(f".{db.name}.*.tmp*"):
-        stale.unlink()
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-    tmp_uri = f"sqlite:///{tmp}"
-    store = SqlAlchemyStore(tmp_uri, (db.parent / "artifacts").as_uri())
-    # MLflow caches one engine per URI: close it, so no connection outlives the rename.
-    store.engine.dispose()
-    SqlAlchemyStore._engine_map.pop(tmp_uri, None)
-    os.replace(tmp, db)
-    directory = os.open(db.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
-
-
-@contextlib.contextmanager
-def translated(uri: str) -> Iterator[None]:
-    """MLflow's, SQLAlchemy's and the OS's errors as one-line TrackingErrors naming ``uri``."""
-    try:
-        yield
-    except TrackingError:
-        raise
-    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:  # OSError: requests'
-        raise TrackingError(f"tracking store {redact(uri)}: {_one_line(exc)}") from exc
-
-
-def ensure_store(uri: str) -> None:
-    """Create a local SQLite store at ``uri`` if absent (atomically); no-op for a server."""
-    check_store(uri)
-    if uri.startswith("sqlite:"):
-        db = sqlite_path(uri)
-        with translated(uri), _store_lock(db):
-            _build_sqlite(db)
-
-
-def prepare_store(uri: str, experiment: str) -> str:
-    """Check or create the store and the experiment ``experiment``; return the experiment id.
-
-    Local experiments get an absolute ``file://`` artifact location under the store's folder
-    (``.jepa-lab/artifacts/NAME``), so it does not depend on the creating process's directory;
-    a server picks its own. Safe to call from several processes at once.
-    """
-    check_store(uri)
-    local = uri.startswith("sqlite:")
-    db = sqlite_path(uri) if local else None
-    with translated(uri), _store_lock(db) if db else contextlib.nullcontext():
-        location = None
-        if db is not None:
-            _build_sqlite(db)
-            location = (db.parent / "artifacts" / _slug(experiment)).as_uri()
-        client = MlflowClient(uri)
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            try:
-                return client.create_experiment(experiment, location, tags=EXPERIMENT_TAGS)
-            except MlflowException as exc:  # another process of a server created it first
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                found = client.get_experiment_by_name(experiment)
-                assert found is not None
-        if found.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"experiment {experiment!r} in {redact(uri)} is deleted: restore it "
-                f"(mlflow experiments restore --experiment-id {found.experiment_id}) or pass "
-                "--experiment with another name"
-            )
-        return found.experiment_id
 
 
 # --------------------------------------------------------------------------------- a run
@@ -513,7 +311,7 @@ def tracked_run(
         status, end_tags = RunStatus.KILLED, {TAG + "stopped_by": type(exc).__name__}
         raise
     except BaseException as exc:
-        status, end_tags = RunStatus.FAILED, {ERROR_TAG: _one_line(exc, 1000)}
+        status, end_tags = RunStatus.FAILED, {ERROR_TAG: one_line(exc, 1000)}
         raise
     finally:
         with _shielded():

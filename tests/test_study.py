@@ -64,7 +64,7 @@ def write_study(folder: Path, name: str, **sections: Any) -> Path:
 def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tracking store for the module, created once: a fresh MLflow store costs ~5-10 s of
     schema migration here. Every test uses its own study name, hence its own experiment."""
-    from jepa_lab.tracking import ensure_store
+    from jepa_lab.store import ensure_store
 
     home = tmp_path_factory.mktemp("home")
     ensure_store(f"sqlite:///{home / 'mlflow.db'}")
@@ -286,7 +286,7 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
 ) -> None:
     """A diverging trial is FAILED with its reason on the Optuna trial and the MLflow run."""
     import jepa_lab.train
-    from jepa_lab.tracking import resolve_uri
+    from jepa_lab.store import resolve_uri
 
     def train(spec: Any, **kwargs: Any) -> Any:  # fast and scripted: the bookkeeping is tested
         if spec.strategy.kind == "sigreg":

@@ -208,7 +208,8 @@ def test_a_served_run_has_params_tags_metrics_artifacts_and_dataset(
 
 
 def test_parent_and_child_runs_nest_and_failures_are_recorded(server: str) -> None:
-    from jepa_lab.tracking import prepare_store, tracked_run
+    from jepa_lab.store import prepare_store
+    from jepa_lab.tracking import tracked_run
 
     experiment_id = prepare_store(server, "nested")
     assert prepare_store(server, "nested") == experiment_id  # idempotent
@@ -361,11 +362,11 @@ def test_two_processes_on_a_fresh_local_store_both_land_and_the_ui_serves_them(
 
 def test_a_store_killed_mid_creation_leaves_nothing_behind(tmp_path: Path) -> None:
     """SIGKILL during the schema migration: no half-built store; the next start builds it."""
-    from jepa_lab.tracking import prepare_store
+    from jepa_lab.store import prepare_store
 
     db = tmp_path / "home" / "mlflow.db"
     uri = f"sqlite:///{db}"
-    code = f"from jepa_lab.tracking import ensure_store; ensure_store({uri!r})"
+    code = f"from jepa_lab.store import ensure_store; ensure_store({uri!r})"
     creating = subprocess.Popen([sys.executable, "-c", code], env=cli_env())
     deadline = time.monotonic() + 60
     while not list(db.parent.glob(".mlflow.db.*.tmp")):  # the migration has begun
