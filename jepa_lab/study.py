@@ -16,32 +16,28 @@ mark its MLflow run KILLED and re-enqueue its parameters. Workers on other machi
 PostgreSQL storage, whose Optuna heartbeat fails their dead trials the same way (journal files
 have no heartbeat; they serve one machine).
 
-The storage and worker identities live in :mod:`jepa_lab.storage`; the study's results (tables,
-exports, final artifacts) in :mod:`jepa_lab.study_results`.
+The storage and worker identities live in :mod:`jepa_lab.storage`; one trial in
+:mod:`jepa_lab.trial`; the MLflow parent run and the ``jepa_lab.*`` keys in
+:mod:`jepa_lab.study_tracking`; local worker processes in :mod:`jepa_lab.workers`; the study's
+results (tables, exports, final artifacts) in :mod:`jepa_lab.study_results`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
-import yaml
 from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from jepa_lab.specfile import SpecError
 from jepa_lab.storage import (
     HEARTBEAT_S,
-    STORAGE_ENV,
     Storage,
     StudyError,
     claim_lock,
@@ -50,8 +46,17 @@ from jepa_lab.storage import (
     worker_identity,
 )
 from jepa_lab.store import TrackingError, prepare_store
+from jepa_lab.study_tracking import (
+    DIGEST,
+    ERROR,
+    PARENT,
+    RETRY_OF,
+    WORKER,
+    create_parent,
+    end_orphan_runs,
+)
 from jepa_lab.studyspec import SamplerSpec, StudyPlan
-from jepa_lab.tracking import tracked_run
+from jepa_lab.trial import Outcome, WorkerOptions, cell_params, run_trial
 
 if TYPE_CHECKING:
     from jepa_lab.train import Progress
@@ -59,12 +64,9 @@ if TYPE_CHECKING:
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # jepa-lab reports trials itself
 
 POLL_S = 2.0  # an idle worker re-checks for retried trials this often
-A = "jepa_lab."  # prefix of every user attribute and tag jepa-lab sets
-PARENT, DIGEST, FINALIZED = A + "parent_run_id", A + "study_digest", A + "finalized"
-WORKER, RUN_ID, ERROR, RETRY_OF = A + "worker", A + "mlflow_run_id", A + "error", A + "retry_of"
 
 
-# ------------------------------------------------------------------------------ workers
+# ------------------------------------------------------------------------------ session
 
 
 def sampler_for(spec: SamplerSpec, stream: int) -> optuna.samplers.BaseSampler:
@@ -78,62 +80,6 @@ def sampler_for(spec: SamplerSpec, stream: int) -> optuna.samplers.BaseSampler:
     if spec.kind == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.n_startup_trials)
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def assignments(
-    workers: int, gpus: list[int] | None, cpus: list[int], visible: str | None = None
-) -> list[dict[str, str]]:
-    """Environment of each local worker process.
-
-    With GPUs: worker k sees GPU ``gpus[k % len(gpus)]`` alone (``CUDA_VISIBLE_DEVICES``), so
-    inside it that GPU is ``cuda:0``. GPU indices count the GPUs this process sees: where
-    ``visible`` (this process's own ``CUDA_VISIBLE_DEVICES``) already narrows them, index i is
-    its i-th entry. Without GPUs: the CPUs are dealt round-robin (``JEPA_LAB_CPUS``, applied by
-    the worker as its affinity) so N workers do not each start one thread per core.
-    """
-    names = [v.strip() for v in visible.split(",")] if visible else None
-    envs = []
-    for k in range(workers):
-        env = {"JEPA_LAB_WORKER_INDEX": str(k)}
-        if gpus:
-            gpu = gpus[k % len(gpus)]
-            env["CUDA_VISIBLE_DEVICES"] = names[gpu] if names else str(gpu)
-        elif workers > 1:
-            share = cpus[k::workers] or [cpus[k % len(cpus)]]
-            env["JEPA_LAB_CPUS"] = ",".join(map(str, share))
-        envs.append(env)
-    return envs
-
-
-def spawn_worker(
-    plan: StudyPlan, storage: Storage, uri: str, options: WorkerOptions, env: Mapping[str, str]
-) -> Any:
-    """``python -m jepa_lab worker STUDY`` as a child process (same process group, so Ctrl-C
-    reaches it); storage and tracking URLs travel in the environment, not on the command line
-    (where ``ps`` would show a password)."""
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "jepa_lab", "worker", str(plan.path.resolve())]
-    if options.device:
-        command += ["--device", options.device]
-    if options.data_dir:
-        command += ["--data-dir", str(options.data_dir)]
-    if options.fail_fast:
-        command.append("--fail-fast")
-    child_env = os.environ | dict(env) | {STORAGE_ENV: storage.url, "MLFLOW_TRACKING_URI": uri}
-    return subprocess.Popen(
-        command,
-        env=child_env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
-
-
-# ------------------------------------------------------------------------------ session
 
 
 @dataclass
@@ -206,27 +152,12 @@ def open_session(
         session.experiment_id = prepare_store(uri, plan.name)
         if DIGEST not in attrs:
             for cell in plan.cells():  # idempotent: a crash here is repaired by the next open
-                session.study.enqueue_trial(_params(cell), skip_if_exists=True)
+                session.study.enqueue_trial(cell_params(cell), skip_if_exists=True)
             session.study.set_user_attr("jepa_lab.n_trials", plan.spec.n_trials)
             session.study.set_user_attr(DIGEST, plan.digest())
-        session.parent_run_id = attrs.get(PARENT) or _create_parent(session)
+        session.parent_run_id = attrs.get(PARENT) or create_parent(session)
         reap(session)
     return session
-
-
-def _params(cell: Mapping[str, Any]) -> dict[str, Any]:
-    """A grid cell as the Optuna params its trial will suggest (lists as their YAML text)."""
-    return {k: v if _scalar(v) else _choice(v) for k, v in cell.items()}
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
-
-
-def _choice(value: Any) -> Any:
-    from jepa_lab.studyspec import flow
-
-    return value if _scalar(value) else flow(value)
 
 
 # ----------------------------------------------------------------------- budget, retries
@@ -242,6 +173,11 @@ def budget_used(trials: list[FrozenTrial], *, finished: bool = False) -> int:
         if not (t.state == TrialState.FAIL and t.number in retried)
         and (t.state.is_finished() or not finished)
     )
+
+
+def n_finished(session: Session) -> int:
+    """Finished trials that count toward ``n_trials``: the study's progress."""
+    return budget_used(session.trials(), finished=True)
 
 
 def is_complete(session: Session, trials: list[FrozenTrial] | None = None) -> bool:
@@ -286,214 +222,10 @@ def _retry(session: Session, trial: FrozenTrial, reason: str, *, failed: bool = 
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
     try:
-        _end_orphan_runs(session, trial.number, reason)
+        end_orphan_runs(session, trial.number, reason)
     except TrackingError as exc:  # the trial is retried all the same; its old run stays open
         print(f"warning: trial {trial.number}: {exc}", flush=True)
     return True
-
-
-# ------------------------------------------------------------------------------- MLflow
-
-
-@contextlib.contextmanager
-def mlflow_client(uri: str) -> Iterator[Any]:
-    """An ``MlflowClient`` whose errors arrive as one-line :class:`TrackingError`s.
-
-    The tracking contract opens runs that close with their block; a study's parent run outlives
-    processes, so its few calls (here and in :mod:`jepa_lab.study_results`) use this client.
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        yield MlflowClient(uri)
-    except MlflowException as exc:
-        raise TrackingError(f"tracking store: {' '.join(str(exc).split())[:300]}") from exc
-
-
-def _create_parent(session: Session) -> str:
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-
-    spec = session.plan.spec
-    tags = {
-        A + "study": spec.name,
-        A + "kind": "grid" if spec.grid_only else "search",
-        MLFLOW_RUN_NAME: f"study-{spec.name}",
-    }
-    with mlflow_client(session.uri) as client:
-        run_id = client.create_run(
-            session.experiment_id, run_name=f"study-{spec.name}", tags=tags
-        ).info.run_id
-        params = {
-            "study.n_trials": spec.n_trials,
-            "study.objectives": ",".join(
-                f"{o.metric}:{o.direction}:{o.reference}" for o in spec.objectives
-            ),
-        }
-        if spec.search is not None:
-            params |= {
-                "study.sampler": spec.search.sampler.kind,
-                "study.sampler_seed": spec.search.sampler.seed,
-            }
-        for key, value in params.items():
-            client.log_param(run_id, key, str(value))
-        client.log_text(run_id, session.plan.text, f"study/{session.plan.path.name}")
-        client.log_text(
-            run_id, yaml.safe_dump(session.plan.base, sort_keys=False), "study/base.yaml"
-        )
-    session.study.set_user_attr(PARENT, run_id)
-    return run_id
-
-
-def set_parent_status(session: Session, status: str) -> None:
-    """RUNNING while a ``run`` works on the study; FINISHED, FAILED or KILLED when it ends."""
-    with mlflow_client(session.uri) as client:
-        if status == "RUNNING":
-            client.update_run(session.parent_run_id, status="RUNNING")
-        else:
-            client.set_terminated(session.parent_run_id, status)
-
-
-def _end_orphan_runs(session: Session, number: int, reason: str) -> None:
-    """End the RUNNING MLflow runs of trial ``number`` (its worker died) as KILLED."""
-    query = (
-        f"tags.mlflow.parentRunId = '{session.parent_run_id}' and "
-        f"tags.`{A}trial` = '{number}' and attributes.status = 'RUNNING'"
-    )
-    with mlflow_client(session.uri) as client:
-        for run in client.search_runs([session.experiment_id], query):
-            client.set_tag(run.info.run_id, A + "error", f"killed: {reason}")
-            client.set_terminated(run.info.run_id, "KILLED")
-
-
-# ---------------------------------------------------------------------------- one trial
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """Machine settings of a worker: never part of the study."""
-
-    device: str | None = None
-    data_dir: Path | None = None
-    fail_fast: bool = False
-
-
-@dataclass
-class Outcome:
-    number: int
-    state: str  # COMPLETE, FAIL
-    values: list[float] | None = None
-    error: str = ""
-    seconds: float = 0.0
-
-
-def suggest(plan: StudyPlan, trial: optuna.Trial) -> dict[str, Any]:
-    """The trial's settings (dotted key -> value): its grid cell, or the search's suggestions in
-    declared order, a parameter only where its ``when`` holds for the spec so far."""
-    from jepa_lab.studyspec import lookup
-
-    spec = plan.spec
-    settings: dict[str, Any] = {}
-    if spec.search is None:
-        for key, values in (spec.grid or {}).items():
-            chosen = trial.suggest_categorical(key, [_choice(v) for v in values])
-            settings[key] = values[[_choice(v) for v in values].index(chosen)]
-        if spec.seeds is not None:
-            settings["seed"] = trial.suggest_categorical("seed", spec.seeds)
-        return settings
-    for key, param in spec.search.params.items():
-        if param.when:
-            resolved = plan.resolved(settings)
-            wanted = {k: v if isinstance(v, list) else [v] for k, v in param.when.items()}
-            try:
-                if any(lookup(resolved, k) not in v for k, v in wanted.items()):
-                    continue
-            except KeyError:
-                continue
-        if param.type == "categorical":
-            assert param.choices is not None
-            texts = [_choice(c) for c in param.choices]
-            settings[key] = param.choices[texts.index(trial.suggest_categorical(key, texts))]
-        elif param.type == "float":
-            assert param.low is not None and param.high is not None
-            settings[key] = trial.suggest_float(
-                key, param.low, param.high, log=param.log, step=param.step
-            )
-        else:
-            assert param.low is not None and param.high is not None
-            settings[key] = trial.suggest_int(
-                key, int(param.low), int(param.high), log=param.log, step=int(param.step or 1)
-            )
-    return settings
-
-
-def objective_values(plan: StudyPlan, metrics: Mapping[str, float]) -> list[float]:
-    """The trial's objective values; a missing or non-finite one fails the trial."""
-    from jepa_lab.train import TrainingError
-
-    values = []
-    for objective in plan.spec.objectives:
-        if objective.metric not in metrics:
-            raise TrainingError(f"the result has no {objective.metric}: no objective value")
-        value = float(metrics[objective.metric])
-        if not math.isfinite(value):
-            raise TrainingError(f"objective {objective.metric} is {value}: no finite result")
-        values.append(value)
-    return values
-
-
-def run_trial(
-    session: Session, trial: optuna.Trial, options: WorkerOptions, progress: Progress | None = None
-) -> Outcome:
-    """Train and evaluate one trial inside its MLflow child run; tell Optuna the result.
-
-    A failing trial (non-finite loss or objective, invalid combination, any other exception) is
-    told FAIL with its reason, which its MLflow run carries too (``jepa_lab.error``). Infra
-    errors (tracking store, dataset) and interruptions propagate: the caller retries the trial.
-    """
-    from jepa_lab.data import DataError
-    from jepa_lab.train import TrainOptions, train
-
-    began = time.perf_counter()
-    plan = session.plan
-    tags = {A + "study": plan.name, A + "trial": str(trial.number)}
-    name = f"trial-{trial.number}"
-    try:
-        settings = suggest(plan, trial)
-        trial.set_user_attr(A + "settings", settings)
-        with tracked_run(
-            session.uri, session.experiment_id, name, parent_run_id=session.parent_run_id, tags=tags
-        ) as logger:
-            trial.set_user_attr(RUN_ID, logger.run_id)
-            spec = plan.experiment(settings)
-            trial.set_user_attr(A + "config_id", spec.digest(with_seed=False))
-            trial.set_user_attr(A + "spec_digest", spec.digest())
-            trial.set_user_attr(A + "seed", spec.seed)
-            trial.set_user_attr(A + "strategy", spec.strategy.kind)
-            logger.log_spec(spec)
-            nothing = lambda *_: None  # noqa: E731
-            result = train(
-                spec,
-                log=logger.log,
-                progress=progress or nothing,
-                options=TrainOptions(device=options.device, data_dir=options.data_dir),
-            )
-            values = objective_values(plan, result.metrics)
-            logger.log_result(result, None)
-            finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
-            trial.set_user_attr(A + "metrics", finite)
-    except (TrackingError, DataError):
-        raise
-    except Exception as exc:  # the trial's own failure: recorded, and the study goes on
-        reason = " ".join(str(exc).split())[:500] or type(exc).__name__
-        if isinstance(exc, SpecError):
-            reason = "invalid combination: " + "; ".join(exc.messages)[:480]
-        trial.set_user_attr(ERROR, reason)
-        # skip_if_finished: a heartbeat that went stale may have failed (and re-enqueued) it
-        session.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        return Outcome(trial.number, "FAIL", error=reason, seconds=time.perf_counter() - began)
-    session.study.tell(trial, values, skip_if_finished=True)
-    return Outcome(trial.number, "COMPLETE", values, seconds=time.perf_counter() - began)
 
 
 # ------------------------------------------------------------------------------ the loop

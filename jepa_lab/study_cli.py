@@ -8,13 +8,8 @@ trials were failed and re-enqueued, so the same command resumes.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,8 +18,9 @@ import typer
 from jepa_lab.cli import DataDirOption, TrackingUriOption, fail
 
 if TYPE_CHECKING:
-    from jepa_lab.study import Outcome, Session
+    from jepa_lab.study import Session
     from jepa_lab.studyspec import StudyPlan
+    from jepa_lab.trial import Outcome
 
 StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).", show_default=False)]
 StorageOption = Annotated[
@@ -84,12 +80,6 @@ def _line(outcome: Outcome, session: Session) -> str:
     return f"trial {outcome.number} COMPLETE  {values}  ({outcome.seconds:.1f} s)"
 
 
-def _finished(session: Session) -> int:
-    from jepa_lab.study import budget_used
-
-    return budget_used(session.trials(), finished=True)
-
-
 def _parse_gpus(gpus: str | None) -> list[int] | None:
     if gpus is None:
         return None
@@ -113,13 +103,6 @@ def _check_gpus(ids: list[int]) -> None:
     missing = [i for i in ids if i >= found]
     if missing:
         fail(f"--gpus: no GPU {missing[0]}: {found} visible (indices 0-{found - 1})")
-
-
-def _apply_cpus() -> None:
-    """Pin this worker to the CPUs its ``run`` dealt it (see study.assignments)."""
-    cpus = os.environ.get("JEPA_LAB_CPUS")
-    if cpus and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
 
 
 def run(
@@ -153,7 +136,12 @@ def run(
 
     from jepa_lab import study as st
     from jepa_lab.storage import StudyError
+    from jepa_lab.store import TrackingError
+    from jepa_lab.study_tables import report
+    from jepa_lab.study_tracking import set_parent_status
     from jepa_lab.tracking import Terminated
+    from jepa_lab.trial import WorkerOptions
+    from jepa_lab.workers import assignments, run_workers
 
     gpu_ids = _parse_gpus(gpus)
     if gpu_ids:
@@ -169,67 +157,56 @@ def run(
         f"study {plan.name}: {plan.spec.n_trials} trials, storage {session.storage.shown}, "
         f"{count} worker{'s' * (count > 1)}"
     )
-    options = st.WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
+    options = WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
     code = 0
     try:
-        st.set_parent_status(session, "RUNNING")
+        set_parent_status(session, "RUNNING")
         if st.is_complete(session):
             console.print("the study is already complete")
         elif count == 1 and not gpu_ids:
             code = _run_here(session, options, console, progress)
         else:
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            envs = st.assignments(count, gpu_ids, sorted(os.sched_getaffinity(0)), visible)
-            code = _run_workers(session, options, envs, console, progress)
+            envs = assignments(count, gpu_ids, sorted(os.sched_getaffinity(0)), visible)
+            code = run_workers(session, options, envs, console, progress)
     except KeyboardInterrupt:
         _end(session, "KILLED")
         fail("interrupted: running trials were re-enqueued; run the same command to resume", 130)
     except Terminated:
         _end(session, "KILLED")
         fail("terminated: running trials were re-enqueued; run the same command to resume", 143)
-    except (StudyError, st.TrackingError) as exc:
+    except (StudyError, TrackingError) as exc:
         _end(session, "FAILED")
         fail(str(exc))
-    _report(session, console)
+    report(session, console)
     _end(session, "FINISHED" if st.is_complete(session) else ("FAILED" if code else "KILLED"))
     if code:
         raise typer.Exit(code)
 
 
 def _end(session: Session, status: str) -> None:
-    from jepa_lab import study as st
     from jepa_lab import study_results as sr
+    from jepa_lab.store import TrackingError
+    from jepa_lab.study_tracking import set_parent_status
 
     try:
         if status == "FINISHED":
             sr.finalize(session)
-        st.set_parent_status(session, status)
-    except st.TrackingError as exc:
+        set_parent_status(session, status)
+    except TrackingError as exc:
         print(f"warning: study parent run: {exc}", file=sys.stderr)
-
-
-def _trials_bar(console: Any, show: bool) -> Any:
-    """The study's progress display: one bar over trials (and one per phase of a local trial)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not show,
-    )
 
 
 def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
     from jepa_lab import study as st
     from jepa_lab.data import DataError
+    from jepa_lab.store import TrackingError
+    from jepa_lab.study_tables import trials_bar
 
-    bar = _trials_bar(console, show)
+    bar = trials_bar(console, show)
     with bar:
         trials = bar.add_task(
-            "trials", total=session.plan.spec.n_trials, completed=_finished(session)
+            "trials", total=session.plan.spec.n_trials, completed=st.n_finished(session)
         )
         phases: dict[str, Any] = {}
 
@@ -243,117 +220,15 @@ def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
                 bar.remove_task(task)
             phases.clear()
             bar.console.print(_line(outcome, session), highlight=False)
-            bar.update(trials, completed=_finished(session))
+            bar.update(trials, completed=st.n_finished(session))
 
         try:
             outcomes = st.work(session, options, echo, progress)
-        except (DataError, st.TrackingError) as exc:
+        except (DataError, TrackingError) as exc:
             _end(session, "FAILED")
             fail(str(exc))
     failed = any(o.state == "FAIL" for o in outcomes)
     return 1 if options.fail_fast and failed else 0
-
-
-def _run_workers(
-    session: Session, options: Any, envs: list[dict[str, str]], console: Any, show: bool
-) -> int:
-    from jepa_lab import study as st
-    from jepa_lab.tracking import Terminated
-
-    procs = [
-        st.spawn_worker(
-            session.plan, session.storage, session.uri, options, env | {"JEPA_LAB_MANAGED": "1"}
-        )
-        for env in envs
-    ]
-    bar = _trials_bar(console, show)
-
-    def forward(k: int, stream: Any) -> None:
-        for line in stream:
-            bar.console.print(f"[w{k}] {line.rstrip()}", highlight=False, markup=False)
-
-    readers = [
-        threading.Thread(target=forward, args=(k, p.stdout), daemon=True)
-        for k, p in enumerate(procs)
-    ]
-    for reader in readers:
-        reader.start()
-
-    def terminated(signum: int, frame: object) -> None:
-        raise Terminated(f"terminated by signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        with bar:
-            task = bar.add_task("trials", total=session.plan.spec.n_trials)
-            while any(p.poll() is None for p in procs):
-                bar.update(task, completed=_finished(session))
-                if options.fail_fast and any(p.returncode == 1 for p in procs):
-                    _stop(procs, wait=0)  # the others stop too; a crash elsewhere does not
-                time.sleep(1.0)
-            bar.update(task, completed=_finished(session))
-    except KeyboardInterrupt:
-        _stop(procs, wait=30)  # Ctrl-C reached the workers too: give them time to retire trials
-        raise
-    except Terminated:
-        _stop(procs, wait=0)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for reader in readers:
-            reader.join(timeout=5)
-    codes = [p.returncode for p in procs]
-    if any(codes):
-        console.print(f"worker exit codes: {codes}")
-    return 1 if any(codes) and not st.is_complete(session) else 0
-
-
-def _stop(procs: list[Any], wait: float, grace: float = 60.0) -> None:
-    """After ``wait`` seconds, SIGTERM the workers still running (each fails and re-enqueues
-    its trial, and ends its MLflow run KILLED), then SIGKILL those left after ``grace``."""
-    deadline = time.monotonic() + wait
-    for sig, until in ((signal.SIGTERM, deadline), (signal.SIGKILL, deadline + grace)):
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.0, until - time.monotonic()))
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(sig)
-    for proc in procs:
-        proc.wait()
-
-
-def _report(session: Session, console: Any) -> None:
-    """The summary table per configuration, then the front with its hypervolume."""
-
-    from jepa_lab import study_results as sr
-    from jepa_lab.study_tables import front_table, summary_table
-
-    _, summary, front, volume = sr.tables(session)
-    out = _console()
-    out.print(summary_table(summary, session))
-    out.print(front_table(front, session))
-    out.print(_volume_line(session, volume), highlight=False)
-    counts = sr.counts(session)
-    out.print(
-        "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False
-    )
-
-
-def _console() -> Any:
-    """stdout; tables are not squeezed to 80 columns when it is a file or a pipe."""
-    from rich.console import Console
-
-    console = Console()
-    return console if console.is_terminal else Console(width=240)
-
-
-def _volume_line(session: Session, volume: float) -> str:
-    objectives = session.plan.spec.objectives
-    return (
-        f"hypervolume {volume:.6g}  (reference point "
-        f"{', '.join(f'{o.metric}={o.reference:g}' for o in objectives)})"
-    )
 
 
 def worker(
@@ -379,21 +254,25 @@ def worker(
     from jepa_lab import study as st
     from jepa_lab.data import DataError
     from jepa_lab.storage import StudyError, worker_identity
+    from jepa_lab.store import TrackingError
+    from jepa_lab.study_tracking import FINALIZED
     from jepa_lab.tracking import Terminated
+    from jepa_lab.trial import WorkerOptions
+    from jepa_lab.workers import apply_cpus
 
-    _apply_cpus()
+    apply_cpus()
     plan = _plan(study_file)
     # without --index: one stream per host and process (containers often share a pid)
     stream = index if index is not None else zlib.crc32(worker_identity().encode()) + 1
     session = _session(plan, storage, tracking_uri, create=True, stream=stream)
-    options = st.WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
+    options = WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
 
     def echo(outcome: Outcome) -> None:
         print(_line(outcome, session), flush=True)
 
     try:
         outcomes = st.work(session, options, echo)
-    except (DataError, st.TrackingError, StudyError) as exc:
+    except (DataError, TrackingError, StudyError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted: the running trial was re-enqueued", 130)
@@ -402,9 +281,9 @@ def worker(
     print(f"worker done: {len(outcomes)} trials run here", flush=True)
     if not os.environ.get("JEPA_LAB_MANAGED"):
         with session.lock():
-            if st.is_complete(session) and not session.study.user_attrs.get(st.FINALIZED):
+            if st.is_complete(session) and not session.study.user_attrs.get(FINALIZED):
                 _end(session, "FINISHED")
-                session.study.set_user_attr(st.FINALIZED, True)
+                session.study.set_user_attr(FINALIZED, True)
     if fail_fast and any(o.state == "FAIL" for o in outcomes):
         raise typer.Exit(1)
 
@@ -417,15 +296,16 @@ def status(
     """Trials by state, the current Pareto front and its hypervolume."""
 
     from jepa_lab import study_results as sr
-    from jepa_lab.study_tables import front_table
+    from jepa_lab.study import n_finished
+    from jepa_lab.study_tables import front_table, stdout_console, volume_line
 
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
     _, _, front, volume = sr.tables(session)
     counts = sr.counts(session)
-    out = _console()
+    out = stdout_console()
     out.print(
-        f"study {plan.name} in {session.storage.shown}: {_finished(session)} of "
+        f"study {plan.name} in {session.storage.shown}: {n_finished(session)} of "
         f"{plan.spec.n_trials} trials finished",
         highlight=False,
     )
@@ -433,7 +313,7 @@ def status(
         if counts.get(state):
             out.print(f"  {state:<15} {counts[state]}", highlight=False)
     out.print(front_table(front, session))
-    out.print(_volume_line(session, volume), highlight=False)
+    out.print(volume_line(session, volume), highlight=False)
 
 
 def export(
@@ -459,6 +339,7 @@ def export(
     """The Pareto-front table (mean/std/n over seeds, Welch tests) in a file format."""
     from jepa_lab import export as ex
     from jepa_lab import study_results as sr
+    from jepa_lab.study_tables import volume_line
 
     suffixes = {".csv": "csv", ".md": "md", ".tex": "latex", ".parquet": "parquet", ".json": "json"}
     chosen = fmt or (suffixes.get(output.suffix.lower()) if output else None) or "csv"
@@ -475,9 +356,9 @@ def export(
     text = ex.render(rows, chosen, sr.export_meta(session, volume), output)
     if text is not None:
         sys.stdout.write(text)
-        print(_volume_line(session, volume), file=sys.stderr)
+        print(volume_line(session, volume), file=sys.stderr)
     else:
-        print(f"wrote {output} ({len(rows)} rows); {_volume_line(session, volume)}")
+        print(f"wrote {output} ({len(rows)} rows); {volume_line(session, volume)}")
 
 
 def plot(
@@ -492,6 +373,7 @@ def plot(
     """Plot the configurations and their Pareto front (PNG or interactive HTML)."""
     from jepa_lab import export as ex
     from jepa_lab import study_results as sr
+    from jepa_lab.study_tables import volume_line
 
     if output.suffix.lower() not in (".png", ".html"):
         fail(f"{output}: plot to a .png or an .html file")
@@ -505,7 +387,7 @@ def plot(
         front,
         plan.spec.objectives,
         output,
-        f"{plan.name} ({_volume_line(session, volume)})",
+        f"{plan.name} ({volume_line(session, volume)})",
     )
     print(f"wrote {output}")
 

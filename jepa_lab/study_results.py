@@ -8,7 +8,8 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from jepa_lab.study import ERROR, RETRY_OF, RUN_ID, A, Session, mlflow_client
+from jepa_lab.study import Session
+from jepa_lab.study_tracking import ERROR, RETRY_OF, RUN_ID, A, mlflow_client
 from jepa_lab.studyspec import StudyPlan
 
 

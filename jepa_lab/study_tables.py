@@ -1,4 +1,5 @@
-"""A study's terminal tables (rich): the per-configuration summary and the Pareto front."""
+"""A study on the terminal (rich): the progress bar over its trials, the per-configuration summary
+and Pareto-front tables, and the report a run ends with."""
 
 from __future__ import annotations
 
@@ -91,3 +92,50 @@ def front_table(front: Any, session: Session) -> Any:
             *[_fmt(row[o.metric], row.get(f"{o.metric} std"), int(row["n"])) for o in objectives],
         )
     return table
+
+
+def trials_bar(console: Any, show: bool) -> Any:
+    """The study's progress display: one bar over trials (and one per phase of a local trial)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+    )
+
+
+def report(session: Session, console: Any) -> None:
+    """The summary table per configuration, then the front with its hypervolume."""
+
+    from jepa_lab import study_results as sr
+
+    _, summary, front, volume = sr.tables(session)
+    out = stdout_console()
+    out.print(summary_table(summary, session))
+    out.print(front_table(front, session))
+    out.print(volume_line(session, volume), highlight=False)
+    counts = sr.counts(session)
+    out.print(
+        "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False
+    )
+
+
+def stdout_console() -> Any:
+    """stdout; tables are not squeezed to 80 columns when it is a file or a pipe."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=240)
+
+
+def volume_line(session: Session, volume: float) -> str:
+    """The hypervolume and the reference point it was taken against."""
+    objectives = session.plan.spec.objectives
+    return (
+        f"hypervolume {volume:.6g}  (reference point "
+        f"{', '.join(f'{o.metric}={o.reference:g}' for o in objectives)})"
+    )

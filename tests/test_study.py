@@ -29,10 +29,11 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from typer.testing import CliRunner
 
-from jepa_lab import study, study_results
+from jepa_lab import study, study_results, study_tracking, workers
 from jepa_lab.specfile import SpecError
 from jepa_lab.storage import Storage, StudyError, resolve_storage, worker_alive, worker_identity
 from jepa_lab.studyspec import is_study_file, load_study
+from jepa_lab.trial import WorkerOptions
 
 from .conftest import STUDIES
 from .test_export import brute_front, grid_area, union_volume
@@ -120,12 +121,12 @@ def check_consistent(home: Path, storage: Any, name: str, n_trials: int) -> optu
     assert not [t for t in trials if not t.state.is_finished()]
     runs = mlflow_runs(home, name)
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
-    parent = loaded.user_attrs[study.PARENT]
+    parent = loaded.user_attrs[study_tracking.PARENT]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
     assert len(runs) == len(children) + 1  # one parent, the rest its children
     for trial in done:
         mine = [r for r in children if r.data.tags["jepa_lab.trial"] == str(trial.number)]
-        assert [r.info.run_id for r in mine] == [trial.user_attrs[study.RUN_ID]]
+        assert [r.info.run_id for r in mine] == [trial.user_attrs[study_tracking.RUN_ID]]
         assert mine[0].info.status == "FINISHED"
         assert mine[0].data.metrics["diag/pred_loss"] == pytest.approx(trial.values[0])
     return loaded
@@ -136,7 +137,9 @@ def check_front(loaded: optuna.Study, plan_path: Path, rows: list[dict]) -> floa
     objectives = load_study(plan_path).spec.objectives
     by_config: dict[str, list[list[float]]] = {}
     for trial in loaded.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        by_config.setdefault(trial.user_attrs[study.A + "config_id"], []).append(trial.values)
+        by_config.setdefault(trial.user_attrs[study_tracking.A + "config_id"], []).append(
+            trial.values
+        )
     configs = sorted(by_config)
     means = np.array([np.mean(by_config[c], axis=0) for c in configs])
     directions = [o.direction for o in objectives]
@@ -229,22 +232,22 @@ def test_study_errors_are_located_at_the_study_files_lines(tmp_path: Path) -> No
 
 
 def test_one_worker_per_gpu_and_cpus_dealt_round_robin() -> None:
-    envs = study.assignments(4, [0, 1, 2, 3], cpus=list(range(16)))
+    envs = workers.assignments(4, [0, 1, 2, 3], cpus=list(range(16)))
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "2", "3"]
     assert [e["JEPA_LAB_WORKER_INDEX"] for e in envs] == ["0", "1", "2", "3"]
     assert all("JEPA_LAB_CPUS" not in e for e in envs)
-    envs = study.assignments(4, [2, 5], cpus=list(range(16)))  # two workers share each GPU
+    envs = workers.assignments(4, [2, 5], cpus=list(range(16)))  # two workers share each GPU
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "5", "2", "5"]
-    envs = study.assignments(2, None, cpus=[0, 1, 2, 3, 4])
+    envs = workers.assignments(2, None, cpus=[0, 1, 2, 3, 4])
     assert [e["JEPA_LAB_CPUS"] for e in envs] == ["0,2,4", "1,3"]
-    assert study.assignments(1, None, cpus=[0, 1]) == [{"JEPA_LAB_WORKER_INDEX": "0"}]
-    assert study.assignments(3, None, cpus=[0]) == [
+    assert workers.assignments(1, None, cpus=[0, 1]) == [{"JEPA_LAB_WORKER_INDEX": "0"}]
+    assert workers.assignments(3, None, cpus=[0]) == [
         {"JEPA_LAB_WORKER_INDEX": str(k), "JEPA_LAB_CPUS": "0"} for k in range(3)
     ]
 
 
 def test_gpus_are_mapped_through_the_visible_devices() -> None:
-    envs = study.assignments(2, [0, 1], cpus=[0], visible="3,7")  # this process sees GPUs 3, 7
+    envs = workers.assignments(2, [0, 1], cpus=[0], visible="3,7")  # this process sees GPUs 3, 7
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["3", "7"]
 
 
@@ -300,13 +303,13 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
     plan = load_study(path)
     uri = resolve_uri(None)
     session = study.open_session(plan, resolve_storage(None, uri, plan.name), uri)
-    options = study.WorkerOptions(device="cpu", fail_fast=True)
+    options = WorkerOptions(device="cpu", fail_fast=True)
     outcomes = study.work(session, options, echo=lambda outcome: None)
     assert [(o.number, o.state) for o in outcomes] == [(0, "FAIL")]  # fail-fast: stopped there
-    outcomes = study.work(session, study.WorkerOptions(device="cpu"), echo=lambda o: None)
+    outcomes = study.work(session, WorkerOptions(device="cpu"), echo=lambda o: None)
     assert [o.state for o in outcomes] == ["COMPLETE", "COMPLETE"]  # the study goes on
     trials = session.study.get_trials()
-    assert trials[0].user_attrs[study.ERROR] == "loss became non-finite at step 3: smoke"
+    assert trials[0].user_attrs[study_tracking.ERROR] == "loss became non-finite at step 3: smoke"
     [run] = [r for r in mlflow_runs(home, "failing") if r.info.run_name == "trial-0"]
     assert run.info.status == "FAILED"
     assert "non-finite at step 3" in run.data.tags["jepa_lab.error"]
@@ -474,7 +477,9 @@ def test_sigkill_mid_trial_then_rerun_completes_without_duplicates(
             except KeyError:  # not created yet
                 continue
             running = [
-                t for t in trials if t.state.name == "RUNNING" and study.RUN_ID in t.user_attrs
+                t
+                for t in trials
+                if t.state.name == "RUNNING" and study_tracking.RUN_ID in t.user_attrs
             ]
             if any(t.state.name == "COMPLETE" for t in trials) and running:
                 time.sleep(0.5)  # inside the trial: its MLflow run is open
@@ -500,8 +505,8 @@ def test_sigkill_mid_trial_then_rerun_completes_without_duplicates(
     for number, values in completed_before.items():  # not run again
         assert trials[number].values == values
     [failed] = [t for t in trials if t.state.name == "FAIL"]
-    assert failed.number == killed_at and "died" in failed.user_attrs[study.ERROR]
-    [retry] = [t for t in trials if t.user_attrs.get(study.RETRY_OF) == killed_at]
+    assert failed.number == killed_at and "died" in failed.user_attrs[study_tracking.ERROR]
+    [retry] = [t for t in trials if t.user_attrs.get(study_tracking.RETRY_OF) == killed_at]
     assert retry.state.name == "COMPLETE" and retry.params == failed.params
     runs = mlflow_runs(home, "killed")
     [killed_run] = [r for r in runs if r.data.tags.get("jepa_lab.trial") == str(killed_at)]
