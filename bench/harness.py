@@ -35,12 +35,13 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from jepa_lab.data import Dataset
+from jepa_lab.distributed import pick_device
 from jepa_lab.models import build_model
 from jepa_lab.optim import build_optimizer
 from jepa_lab.spec import EmaSpec, ExperimentSpec, ModelSpec
 from jepa_lab.specfile import SpecError, load
 from jepa_lab.strategies import build_strategy, momentum_at
-from jepa_lab.train import global_batch, pick_device, train_step
+from jepa_lab.train import global_batch, train_step
 
 Step = Callable[[int], None]  # runs the training step of global step ``index``
 IMPLS = ("ours", "lightly")

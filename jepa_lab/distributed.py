@@ -1,4 +1,5 @@
-"""Process-group plumbing for data-parallel training (torchrun / ``--nproc``).
+"""Process-group plumbing for data-parallel training (torchrun / ``--nproc``), and each rank's
+device.
 
 A single process (no ``WORLD_SIZE`` in the environment, or 1) creates no process group and pays
 nothing. Under torchrun every rank joins with a timeout, so a dead peer ends the run with an error
@@ -69,6 +70,22 @@ def checksum(module: torch.nn.Module) -> float:
     """Sum of every parameter in float64: equal weights give bit-equal checksums."""
     with torch.no_grad():
         return float(sum(p.double().sum() for p in module.parameters()))
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The device ``name`` names (a bare ``cuda`` under torchrun: this rank's GPU); by default
+    this rank's CUDA GPU, else MPS, else the CPU."""
+    if name is not None:
+        device = torch.device(name)
+        if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        return device
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def join_world(device: torch.device) -> World:

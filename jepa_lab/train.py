@@ -21,7 +21,7 @@ from torch import nn
 
 from jepa_lab.checkpoint import Records, load_checkpoint, save_checkpoint
 from jepa_lab.data import Dataset, augment, batch_indices, load_dataset
-from jepa_lab.distributed import World, checksum, join_world, leave_world
+from jepa_lab.distributed import World, checksum, join_world, leave_world, pick_device
 from jepa_lab.evaluate import curve_point, evaluate, probe_now
 from jepa_lab.masks import Masks, sample_masks
 from jepa_lab.models import JEPA, build_model
@@ -99,20 +99,6 @@ def describe(data: Dataset) -> dict[str, Any]:
         "image_shape": list(data.train_images.shape[1:]),
         "origin": "generated" if data.source == "generated" else "file",
     }
-
-
-def pick_device(name: str | None) -> torch.device:
-    if name is not None:
-        device = torch.device(name)
-        if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-            return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-        return device
-    if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def global_batch(
