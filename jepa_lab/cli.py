@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from jepa_lab.result import TrainResult
     from jepa_lab.spec import ExperimentSpec
     from jepa_lab.tracking import RunLogger
-    from jepa_lab.train import TrainResult
 
 app = typer.Typer(
     name="jepa-lab",

@@ -39,8 +39,8 @@ from mlflow.utils.mlflow_tags import (
 from jepa_lab.store import TrackingError, one_line, translated
 
 if TYPE_CHECKING:
+    from jepa_lab.result import TrainResult
     from jepa_lab.spec import ExperimentSpec
-    from jepa_lab.train import TrainResult
 
 SPEC_ARTIFACT = "spec.yaml"
 FLUSH_ROWS = 500  # buffered metric values before a log_batch (MLflow takes 1000 at most)

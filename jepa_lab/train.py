@@ -12,9 +12,8 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +27,7 @@ from jepa_lab.models import JEPA, build_model
 from jepa_lab.objective import jepa_losses
 from jepa_lab.optim import build_optimizer, lr_at, weight_decay_at
 from jepa_lab.provenance import provenance
+from jepa_lab.result import TrainResult, describe
 from jepa_lab.seeds import derive_seed
 from jepa_lab.spec import EmaSpec, ExperimentSpec, LossSpec
 from jepa_lab.strategies import Strategy, build_strategy, momentum_at
@@ -51,54 +51,6 @@ class TrainOptions:
     compile: bool = False
     checkpoint_every: int = 0  # steps; 0 = only at the end
     stop_at: int | None = None  # stop (with a checkpoint) after this many steps: interruptions
-
-
-@dataclass
-class TrainResult:
-    spec: ExperimentSpec
-    steps: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-    curve: list[dict[str, float]] = field(default_factory=list)  # probe against steps
-    provenance: dict[str, str | bool | None] = field(default_factory=dict)
-    dataset: dict[str, Any] = field(default_factory=dict)  # name, digest, sizes: no host paths
-    train_seconds: float = 0.0
-    images_per_second: float = 0.0
-    completed: bool = True
-
-    def records(self) -> Records:
-        """The logged rows and the probe curve: what a checkpoint keeps for a resumed run."""
-        return {"history": self.history, "curve": self.curve}
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as written to result.json and logged to MLflow."""
-        return {
-            "spec": self.spec.to_dict(),
-            "spec_digest": self.spec.digest(),
-            "config_id": self.spec.digest(with_seed=False),
-            "steps": self.steps,
-            "completed": self.completed,
-            "metrics": self.metrics,
-            "train_seconds": self.train_seconds,
-            "images_per_second": self.images_per_second,
-            "history": self.history,
-            "curve": self.curve,
-            "dataset": self.dataset,
-            "provenance": self.provenance,
-        }
-
-
-def describe(data: Dataset) -> dict[str, Any]:
-    """What identifies a dataset in a result: name, digest, split sizes, shape (no host paths)."""
-    return {
-        "name": data.name,
-        "digest": data.digest,
-        "train_images": len(data.train_labels),
-        "test_images": len(data.test_labels),
-        "classes": data.n_classes,
-        "image_shape": list(data.train_images.shape[1:]),
-        "origin": "generated" if data.source == "generated" else "file",
-    }
 
 
 def global_batch(

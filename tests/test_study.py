@@ -289,6 +289,7 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
 ) -> None:
     """A diverging trial is FAILED with its reason on the Optuna trial and the MLflow run."""
     import jepa_lab.train
+    from jepa_lab.result import TrainResult
     from jepa_lab.store import resolve_uri
 
     def train(spec: Any, **kwargs: Any) -> Any:  # fast and scripted: the bookkeeping is tested
@@ -296,7 +297,7 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
             raise jepa_lab.train.TrainingError("loss became non-finite at step 3: smoke")
         metrics = {"diag/pred_loss": 0.4, "diag/sigreg": 9.0, "eval/probe_acc": 0.5}
         dataset = {"name": "synthetic", "digest": "0" * 64, "origin": "generated"}
-        return jepa_lab.train.TrainResult(spec, steps=6, metrics=metrics, dataset=dataset)
+        return TrainResult(spec, steps=6, metrics=metrics, dataset=dataset)
 
     monkeypatch.setattr(jepa_lab.train, "train", train)
     path = write_study(tmp_path, "failing", grid={"strategy.kind": ["sigreg", "ema", "none"]})
