@@ -285,7 +285,7 @@ def validate(
     """Check experiment and study files; print FILE:LINE errors and exit 2 if any is invalid."""
     from jepa_lab.spec import ExperimentSpec
     from jepa_lab.specfile import SpecError, load
-    from jepa_lab.studyspec import is_study_file, load_study
+    from jepa_lab.studyfile import is_study_file, load_study
 
     problems: list[str] = []
     for path in spec_files:

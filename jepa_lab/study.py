@@ -55,7 +55,8 @@ from jepa_lab.study_tracking import (
     create_parent,
     end_orphan_runs,
 )
-from jepa_lab.studyspec import SamplerSpec, StudyPlan
+from jepa_lab.studyfile import StudyPlan
+from jepa_lab.studyspec import SamplerSpec
 from jepa_lab.trial import Outcome, WorkerOptions, cell_params, run_trial
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from jepa_lab.cli import DataDirOption, TrackingUriOption, fail
 
 if TYPE_CHECKING:
     from jepa_lab.study import Session
-    from jepa_lab.studyspec import StudyPlan
+    from jepa_lab.studyfile import StudyPlan
     from jepa_lab.trial import Outcome
 
 StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).", show_default=False)]
@@ -40,7 +40,7 @@ FailFastOption = Annotated[
 
 def _plan(path: Path) -> StudyPlan:
     from jepa_lab.specfile import SpecError
-    from jepa_lab.studyspec import load_study
+    from jepa_lab.studyfile import load_study
 
     try:
         return load_study(path)

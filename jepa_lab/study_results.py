@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from jepa_lab.study import Session
 from jepa_lab.study_tracking import ERROR, RETRY_OF, RUN_ID, A, mlflow_client
-from jepa_lab.studyspec import StudyPlan
+from jepa_lab.studyfile import StudyPlan
 
 
 def trial_rows(session: Session) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from jepa_lab.specfile import SpecError
 from jepa_lab.store import TrackingError
 from jepa_lab.study_tracking import ERROR, RUN_ID, A
-from jepa_lab.studyspec import StudyPlan
+from jepa_lab.studyfile import StudyPlan
 from jepa_lab.tracking import tracked_run
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _scalar(value: Any) -> bool:
 
 
 def _choice(value: Any) -> Any:
-    from jepa_lab.studyspec import flow
+    from jepa_lab.studyfile import flow
 
     return value if _scalar(value) else flow(value)
 
@@ -60,7 +60,7 @@ def _choice(value: Any) -> Any:
 def suggest(plan: StudyPlan, trial: optuna.Trial) -> dict[str, Any]:
     """The trial's settings (dotted key -> value): its grid cell, or the search's suggestions in
     declared order, a parameter only where its ``when`` holds for the spec so far."""
-    from jepa_lab.studyspec import lookup
+    from jepa_lab.studyfile import lookup
 
     spec = plan.spec
     settings: dict[str, Any] = {}

@@ -22,7 +22,7 @@ from jepa_lab.tracking import Terminated
 if TYPE_CHECKING:
     from jepa_lab.storage import Storage
     from jepa_lab.study import Session
-    from jepa_lab.studyspec import StudyPlan
+    from jepa_lab.studyfile import StudyPlan
     from jepa_lab.trial import WorkerOptions
 
 

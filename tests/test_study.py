@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 from jepa_lab import study, study_results, study_tracking, workers
 from jepa_lab.specfile import SpecError
 from jepa_lab.storage import Storage, StudyError, resolve_storage, worker_alive, worker_identity
-from jepa_lab.studyspec import is_study_file, load_study
+from jepa_lab.studyfile import is_study_file, load_study
 from jepa_lab.trial import WorkerOptions
 
 from .conftest import STUDIES

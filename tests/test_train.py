@@ -103,6 +103,7 @@ def test_schedules_are_pure_functions_of_the_step(smoke_path: Path) -> None:
 def test_core_imports_no_orchestration_library() -> None:
     code = (
         "import sys, jepa_lab.train, jepa_lab.evaluate, jepa_lab.specfile, jepa_lab.studyspec\n"
+        "import jepa_lab.studyfile\n"
         "bad = [m for m in ('mlflow', 'optuna', 'typer', 'rich') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
