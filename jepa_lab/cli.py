@@ -192,7 +192,7 @@ def train(
         assert spec_file is not None
         spec = load_spec(spec_file, overrides)
     from jepa_lab.checkpoint import CheckpointError
-    from jepa_lab.data import DataError
+    from jepa_lab.datafiles import DataError
     from jepa_lab.reporting import ProgressReporter
     from jepa_lab.train import TrainingError, TrainOptions
     from jepa_lab.train import train as run_training

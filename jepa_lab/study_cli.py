@@ -199,7 +199,7 @@ def _end(session: Session, status: str) -> None:
 
 def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
     from jepa_lab import study as st
-    from jepa_lab.data import DataError
+    from jepa_lab.datafiles import DataError
     from jepa_lab.store import TrackingError
     from jepa_lab.study_tables import trials_bar
 
@@ -252,7 +252,7 @@ def worker(
     import zlib
 
     from jepa_lab import study as st
-    from jepa_lab.data import DataError
+    from jepa_lab.datafiles import DataError
     from jepa_lab.storage import StudyError, worker_identity
     from jepa_lab.store import TrackingError
     from jepa_lab.study_tracking import FINALIZED

@@ -121,7 +121,7 @@ def run_trial(
     told FAIL with its reason, which its MLflow run carries too (``jepa_lab.error``). Infra
     errors (tracking store, dataset) and interruptions propagate: the caller retries the trial.
     """
-    from jepa_lab.data import DataError
+    from jepa_lab.datafiles import DataError
     from jepa_lab.train import TrainOptions, train
 
     began = time.perf_counter()

@@ -17,20 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from jepa_lab import data
-from jepa_lab.data import (
-    DataError,
-    Dataset,
-    augment,
-    batch_indices,
-    load_dataset,
-    normalise,
-    search_roots,
-)
+from jepa_lab import data, datafiles
+from jepa_lab.data import Dataset, augment, batch_indices, load_dataset, normalise
+from jepa_lab.datafiles import DataError, search_roots
 from jepa_lab.spec import AugmentSpec, Cifar10Spec, FashionMnistSpec, SyntheticSpec
 
 REAL_FASHION = Path(__file__).parents[2] / "shared/data/fashion-mnist"
-SYSTEM_ROOT = data._SYSTEM_ROOT  # read before the fixture below points it at a temporary folder
+# read before the fixture below points it at a temporary folder
+SYSTEM_ROOT = datafiles._SYSTEM_ROOT
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 FASHION_FILES = [
     "train-images-idx3-ubyte.gz",
@@ -45,7 +39,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Keep the user's cache, $JEPA_LAB_DATA and a system-wide copy out of every test."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("JEPA_LAB_DATA", raising=False)
-    monkeypatch.setattr(data, "_SYSTEM_ROOT", tmp_path / "system")
+    monkeypatch.setattr(datafiles, "_SYSTEM_ROOT", tmp_path / "system")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -172,16 +166,16 @@ def test_cifar_protocol5_pickles_load(tmp_path: Path) -> None:
 def test_idx_parser_reads_header_and_data() -> None:
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.uint8)
     labels = np.arange(5, dtype=np.uint8)
-    assert np.array_equal(data._parse_idx(idx_bytes(images), Path("x"), 3), images)
-    assert np.array_equal(data._parse_idx(idx_bytes(labels), Path("y"), 1), labels)
+    assert np.array_equal(datafiles._parse_idx(idx_bytes(images), Path("x"), 3), images)
+    assert np.array_equal(datafiles._parse_idx(idx_bytes(labels), Path("y"), 1), labels)
 
 
 def test_idx_parser_rejects_wrong_magic_and_truncation() -> None:
     labels = idx_bytes(np.arange(5, dtype=np.uint8))
     with pytest.raises(DataError, match=r"some-file: .*magic 00000801, expected 00000803"):
-        data._parse_idx(labels, Path("some-file"), 3)
+        datafiles._parse_idx(labels, Path("some-file"), 3)
     with pytest.raises(DataError, match=r"some-file: .*truncated"):
-        data._parse_idx(labels[:-1], Path("some-file"), 1)
+        datafiles._parse_idx(labels[:-1], Path("some-file"), 1)
 
 
 def test_fashion_checksum_rejects_a_wellformed_fake(tmp_path: Path) -> None:
@@ -223,7 +217,7 @@ def test_real_fashion_mnist_loads() -> None:
 
 def test_search_roots_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert Path("/usr/share/datasets") == SYSTEM_ROOT
-    system = data._SYSTEM_ROOT
+    system = datafiles._SYSTEM_ROOT
     monkeypatch.setenv("JEPA_LAB_DATA", str(tmp_path / "env"))
     cache = tmp_path / "cache" / "jepa-lab"
     assert search_roots(tmp_path / "arg") == [tmp_path / "arg", cache, system]
@@ -255,7 +249,7 @@ def test_failed_download_is_one_error(
     def unreachable(url: str, dest: Path, verify: object) -> None:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data, "_download", unreachable)
+    monkeypatch.setattr(datafiles, "_download", unreachable)
     spec = Cifar10Spec(name="cifar10") if name == "cifar10" else FashionMnistSpec(name=name)
     with pytest.raises(DataError, match="downloading it failed \\(network is unreachable\\)"):
         load_dataset(spec, data_dir=tmp_path / "mine")
@@ -277,15 +271,17 @@ class _Broken(io.RawIOBase):
 def test_download_never_leaves_partial_or_unverified_files(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: _Broken())
+    monkeypatch.setattr(datafiles.urllib.request, "urlopen", lambda url, timeout: _Broken())
     with pytest.raises(OSError, match="connection reset"):
-        data._download("http://x/f.gz", tmp_path / "f.gz", verify=lambda path: None)
+        datafiles._download("http://x/f.gz", tmp_path / "f.gz", verify=lambda path: None)
     assert list(tmp_path.iterdir()) == []
     junk = gzip.compress(idx_bytes(np.zeros(3, dtype=np.uint8)))
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(junk))
+    monkeypatch.setattr(datafiles.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(junk))
     stem = "train-labels-idx1-ubyte"
     with pytest.raises(DataError, match="SHA-256"):
-        data._download("http://x/f.gz", tmp_path / "f.gz", partial(data._read_idx, stem=stem))
+        datafiles._download(
+            "http://x/f.gz", tmp_path / "f.gz", partial(datafiles._read_idx, stem=stem)
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -310,7 +306,7 @@ def test_cifar_download_extracts_into_cache(
 ) -> None:
     write_cifar(tmp_path / "src")
     archive = _tar_of(tmp_path / "src")
-    monkeypatch.setattr(data, "_download", lambda url, dest, verify: dest.write_bytes(archive))
+    monkeypatch.setattr(datafiles, "_download", lambda url, dest, verify: dest.write_bytes(archive))
     ds = load_dataset(Cifar10Spec(name="cifar10"), data_dir=tmp_path / "mine")
     folder = tmp_path / "cache" / "jepa-lab" / "cifar10"
     assert ds.source == str(folder / "cifar-10-batches-py")
@@ -332,7 +328,7 @@ def test_cifar_download_refuses_unsafe_members(
 ) -> None:
     write_cifar(tmp_path / "src")
     archive = _tar_of(tmp_path / "src", member)
-    monkeypatch.setattr(data, "_download", lambda url, dest, verify: dest.write_bytes(archive))
+    monkeypatch.setattr(datafiles, "_download", lambda url, dest, verify: dest.write_bytes(archive))
     with pytest.raises(DataError, match=r"downloading it failed \(.*unexpected member"):
         load_dataset(Cifar10Spec(name="cifar10"), data_dir=tmp_path / "mine")
     assert not list(tmp_path.rglob("escaped"))
