@@ -371,7 +371,7 @@ def plot(
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Plot the configurations and their Pareto front (PNG or interactive HTML)."""
-    from jepa_lab import export as ex
+    from jepa_lab import pareto_plot
     from jepa_lab import study_results as sr
     from jepa_lab.study_tables import volume_line
 
@@ -382,7 +382,7 @@ def plot(
     _, summary, front, volume = sr.tables(session)
     if summary.empty:
         fail(f"study {plan.name} has no complete trial yet: nothing to plot")
-    ex.plot(
+    pareto_plot.plot(
         summary,
         front,
         plan.spec.objectives,

@@ -80,7 +80,7 @@ def finalize(session: Session) -> None:
     summary, the plots (PNG, HTML) and the study file; the hypervolume as a metric."""
     import tempfile
 
-    from jepa_lab import export
+    from jepa_lab import export, pareto_plot
 
     _, summary, front, volume = tables(session)
     objectives, params = session.plan.spec.objectives, setting_keys(session.plan)
@@ -96,7 +96,7 @@ def finalize(session: Session) -> None:
         )
         if not summary.empty:
             for name in ("pareto.png", "pareto.html"):
-                export.plot(summary, front, objectives, folder / name, session.plan.name)
+                pareto_plot.plot(summary, front, objectives, folder / name, session.plan.name)
         (folder / session.plan.path.name).write_text(session.plan.text)
         for path in sorted(folder.iterdir()):
             client.log_artifact(session.parent_run_id, str(path), "study")

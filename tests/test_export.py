@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ttest_ind
 
-from jepa_lab import export
+from jepa_lab import export, pareto_plot
 from jepa_lab.studyspec import ObjectiveSpec
 
 MIN_MIN = [
@@ -278,7 +278,7 @@ def test_plots_are_written(tmp_path: Path) -> None:
     table = export.aggregate(export.trials_frame(rows()), MIN_MIN, ["strategy.kind"])
     front = export.front(table, MIN_MIN)
     for name in ("p.png", "p.html"):
-        path = export.plot(table, front, MIN_MIN, tmp_path / name, "title")
+        path = pareto_plot.plot(table, front, MIN_MIN, tmp_path / name, "title")
         assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match=r"png or an \.html"):
-        export.plot(table, front, MIN_MIN, tmp_path / "p.pdf", "title")
+        pareto_plot.plot(table, front, MIN_MIN, tmp_path / "p.pdf", "title")
