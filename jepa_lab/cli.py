@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from jepa_lab.result import TrainResult
     from jepa_lab.spec import ExperimentSpec
     from jepa_lab.tracking import RunLogger
 
@@ -62,49 +61,6 @@ def load_spec(path: Path, overrides: list[str] | None) -> ExperimentSpec:
         return load(ExperimentSpec, path, overrides or [])
     except SpecError as exc:
         fail(exc.messages)
-
-
-def summary_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
-    """Human-readable rows of the key metrics of one run."""
-
-    def pct(key: str) -> str:
-        return f"{100 * metrics[key]:.2f} %" if key in metrics else "-"
-
-    def num(key: str, fmt: str = ".4g") -> str:
-        return format(metrics[key], fmt) if key in metrics else "-"
-
-    rows = [
-        ("linear probe (test)", pct("eval/probe_acc")),
-        ("kNN (test)", pct("eval/knn_acc")),
-        ("random-init probe", pct("eval/random_probe_acc")),
-        ("raw-pixel probe", pct("eval/pixel_probe_acc")),
-        ("gain over random init", pct("eval/gain_over_random")),
-        ("RankMe", num("diag/rankme")),
-        ("per-dim std", num("diag/std")),
-        ("SIGReg statistic", num("diag/sigreg")),
-        ("held-out prediction loss", num("diag/pred_loss")),
-        ("positional share", num("diag/positional_share", ".3f")),
-    ]
-    if "eval/gain_over_random" in metrics and metrics["eval/gain_over_random"] <= 0:
-        rows.append(("verdict", "NOT better than its random-init baseline"))
-    return rows
-
-
-def print_summary(result: TrainResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"{result.spec.name} ({result.spec.strategy.kind}, seed {result.spec.seed})"
-    )
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in summary_rows(result.metrics):
-        table.add_row(name, value)
-    table.add_row("steps", str(result.steps))
-    table.add_row("training time", f"{result.train_seconds:.1f} s")
-    table.add_row("throughput", f"{result.images_per_second:.0f} img/s")
-    Console().print(table)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -193,7 +149,7 @@ def train(
         spec = load_spec(spec_file, overrides)
     from jepa_lab.checkpoint import CheckpointError
     from jepa_lab.datafiles import DataError
-    from jepa_lab.reporting import ProgressReporter
+    from jepa_lab.reporting import ProgressReporter, print_summary
     from jepa_lab.train import TrainingError, TrainOptions
     from jepa_lab.train import train as run_training
 
