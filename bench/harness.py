@@ -36,11 +36,10 @@ from torch import nn
 
 from jepa_lab.data import Dataset
 from jepa_lab.distributed import pick_device
-from jepa_lab.models import build_model
 from jepa_lab.optim import build_optimizer
 from jepa_lab.spec import EmaSpec, ExperimentSpec, ModelSpec
 from jepa_lab.specfile import SpecError, load
-from jepa_lab.strategies import build_strategy, momentum_at
+from jepa_lab.strategies import build_training, momentum_at
 from jepa_lab.train import global_batch, train_step
 
 Step = Callable[[int], None]  # runs the training step of global step ``index``
@@ -138,8 +137,8 @@ def build_step(impl: str, spec: ExperimentSpec, data: Dataset, setup: Setup) -> 
 def _our_step(spec: ExperimentSpec, data: Dataset, setup: Setup) -> Step:
     device = setup.device
     total = spec.optim.total_steps(len(data.train_labels))
-    model = build_model(spec.model, spec.data.image_size, spec.data.channels, spec.seed).to(device)
-    strategy = build_strategy(spec.strategy, model.encoder, total).to(device)
+    model, strategy = build_training(spec, total)
+    model, strategy = model.to(device), strategy.to(device)
     optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
     trained = _compiled(model, setup)
 

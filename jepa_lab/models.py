@@ -115,13 +115,32 @@ class Predictor(nn.Module):
         return out.view(batch, blocks, n_target, -1)
 
 
-class JEPA(nn.Module):
-    """The trained pair: context encoder and predictor, in one module so DDP wraps one forward."""
+def projector_head(dim: int, hidden: int) -> nn.Sequential:
+    """MLP head dim -> hidden -> dim (Linear-LayerNorm-GELU-Linear) a regulariser looks through.
 
-    def __init__(self, spec: ModelSpec, image_size: int, channels: int) -> None:
+    LayerNorm rather than LeJEPA's BatchNorm: no running statistics, so ranks never disagree.
+    """
+    head = nn.Sequential(
+        nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, dim)
+    )
+    head.apply(_init_weights)
+    return head
+
+
+class JEPA(nn.Module):
+    """The trained modules (context encoder, predictor and an optional projector head), in one
+    module so DDP wraps and synchronises them all."""
+
+    projector: nn.Module | None
+
+    def __init__(
+        self, spec: ModelSpec, image_size: int, channels: int, projector: int | None = None
+    ) -> None:
         super().__init__()
         self.encoder = Encoder(spec, image_size, channels)
         self.predictor = Predictor(spec, image_size // spec.patch_size)
+        # Built last, so the encoder and predictor draw the same weights with or without it.
+        self.projector = None if projector is None else projector_head(spec.dim, projector)
 
     def forward(
         self, images: torch.Tensor, masks: Masks, full_pass: bool
@@ -133,8 +152,11 @@ class JEPA(nn.Module):
         return predictions, context, full
 
 
-def build_model(spec: ModelSpec, image_size: int, channels: int, seed: int) -> JEPA:
-    """A freshly initialised JEPA; weights are a pure function of ``seed``."""
+def build_model(
+    spec: ModelSpec, image_size: int, channels: int, seed: int, projector: int | None = None
+) -> JEPA:
+    """A freshly initialised JEPA (with a projector head of that hidden width, if given); weights
+    are a pure function of ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return JEPA(spec, image_size, channels)
+        return JEPA(spec, image_size, channels, projector)

@@ -272,6 +272,15 @@ class SigregSpec(Spec):
     stop_gradient: bool = Field(
         False, description="Detach the target branch (LeJEPA itself uses no stop-gradient)."
     )
+    projector: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Hidden width of an MLP head (Linear-LayerNorm-GELU-Linear back to dim) "
+        "that SIGReg sees the embeddings through, as LeJEPA's projector: the encoder's own "
+        "tokens, which the probe reads, then need not be Gaussian themselves. null = SIGReg on "
+        "the embeddings directly.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SigregSpec:

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from jepa_lab.losses import AllReduce, sigreg, sigreg_directions
-from jepa_lab.models import Encoder
-from jepa_lab.spec import EmaSpec, NoneSpec, SigregSpec, StrategySpec
+from jepa_lab.models import JEPA, Encoder, build_model
+from jepa_lab.spec import EmaSpec, ExperimentSpec, NoneSpec, SigregSpec, StrategySpec
 
 
 def momentum_at(spec: EmaSpec, step: int, total_steps: int) -> float:
@@ -74,12 +74,22 @@ class SigregStrategy(nn.Module):
     needs_full_pass = True
 
     def __init__(
-        self, spec: SigregSpec, all_reduce_mean: AllReduce | None = None, world_size: int = 1
+        self,
+        spec: SigregSpec,
+        all_reduce_mean: AllReduce | None = None,
+        world_size: int = 1,
+        projector: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if (spec.projector is None) != (projector is None):
+            raise ValueError(
+                "strategy.projector and the model's projector head disagree: build the model "
+                "with build_model(..., projector=spec.strategy.projector) and pass its projector"
+            )
         self.spec = spec
         self.all_reduce_mean = all_reduce_mean
         self.world_size = world_size
+        self.projector = [projector] if projector else []  # a reference: the model owns it
 
     def target_tokens(self, images: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
         assert full is not None
@@ -90,7 +100,8 @@ class SigregStrategy(nn.Module):
         source, how = self.spec.embeddings.split("_")
         tokens = full if source == "target" else context
         assert tokens is not None
-        return tokens.mean(1) if how == "pooled" else tokens.flatten(0, 1)
+        z = tokens.mean(1) if how == "pooled" else tokens.flatten(0, 1)
+        return self.projector[0](z) if self.projector else z
 
     def loss(
         self, loss_pred: torch.Tensor, full: torch.Tensor | None, context: torch.Tensor, step: int
@@ -144,13 +155,32 @@ def build_strategy(
     total_steps: int,
     all_reduce_mean: AllReduce | None = None,
     world_size: int = 1,
+    projector: nn.Module | None = None,
 ) -> Strategy:
-    """The strategy module for ``spec``; ``encoder`` is the (unwrapped) context encoder."""
+    """The strategy module for ``spec``; ``encoder`` is the (unwrapped) context encoder and
+    ``projector`` the model's projector head (SIGReg with ``projector`` set)."""
     match spec:
         case EmaSpec():
             return EmaStrategy(spec, encoder, total_steps)
         case SigregSpec():
-            return SigregStrategy(spec, all_reduce_mean, world_size)
+            return SigregStrategy(spec, all_reduce_mean, world_size, projector)
         case NoneSpec():
             return NoneStrategy(spec)
     raise TypeError(f"unknown strategy spec {type(spec).__name__}")
+
+
+def build_training(
+    spec: ExperimentSpec,
+    total_steps: int,
+    all_reduce_mean: AllReduce | None = None,
+    world_size: int = 1,
+) -> tuple[JEPA, Strategy]:
+    """The freshly initialised model of ``spec`` and its strategy (on the CPU), wired together:
+    the strategy sees the model's encoder (EMA) or projector head (SIGReg with a projector)."""
+    projector = spec.strategy.projector if isinstance(spec.strategy, SigregSpec) else None
+    data, seed = spec.data, spec.seed
+    model = build_model(spec.model, data.image_size, data.channels, seed, projector)
+    strategy = build_strategy(
+        spec.strategy, model.encoder, total_steps, all_reduce_mean, world_size, model.projector
+    )
+    return model, strategy

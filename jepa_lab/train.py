@@ -23,14 +23,14 @@ from jepa_lab.data import Dataset, augment, batch_indices, load_dataset
 from jepa_lab.distributed import World, checksum, join_world, leave_world, pick_device
 from jepa_lab.evaluate import curve_point, evaluate, probe_now
 from jepa_lab.masks import Masks, sample_masks
-from jepa_lab.models import JEPA, build_model
+from jepa_lab.models import JEPA
 from jepa_lab.objective import jepa_losses
 from jepa_lab.optim import build_optimizer, lr_at, weight_decay_at
 from jepa_lab.provenance import provenance
 from jepa_lab.result import TrainResult, describe
 from jepa_lab.seeds import derive_seed
 from jepa_lab.spec import EmaSpec, ExperimentSpec, LossSpec
-from jepa_lab.strategies import Strategy, build_strategy, momentum_at
+from jepa_lab.strategies import Strategy, build_training, momentum_at
 
 Log = Callable[[Mapping[str, float], int], None]
 Progress = Callable[[str, int, int], None]
@@ -154,10 +154,8 @@ def _run(
         )
     data = load_dataset(spec.data, options.data_dir).to(device)
     total = spec.optim.total_steps(len(data.train_labels))
-    model = build_model(spec.model, spec.data.image_size, spec.data.channels, spec.seed).to(device)
-    strategy = build_strategy(
-        spec.strategy, model.encoder, total, world.all_reduce_mean(), world.size
-    ).to(device)
+    model, strategy = build_training(spec, total, world.all_reduce_mean(), world.size)
+    model, strategy = model.to(device), strategy.to(device)
     optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
     checkpoint = options.run_dir / "checkpoint.pt" if options.run_dir else None
     start, records = 0, Records(history=[], curve=[])

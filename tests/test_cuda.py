@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from jepa_lab.data import Dataset, load_dataset
-from jepa_lab.models import JEPA, build_model
+from jepa_lab.models import JEPA
 from jepa_lab.objective import jepa_losses
 from jepa_lab.optim import build_optimizer
 from jepa_lab.spec import ExperimentSpec
-from jepa_lab.strategies import Strategy, build_strategy
+from jepa_lab.strategies import Strategy, build_training
 from jepa_lab.train import global_batch, train_step
 
 from .test_distributed import cli_two_ranks
@@ -31,8 +31,8 @@ def on_cuda(path: Path, *overrides: str) -> tuple[ExperimentSpec, Dataset, JEPA,
     spec = smoke(path, *overrides)
     data = load_dataset(spec.data, None).to(CUDA)
     total = spec.optim.total_steps(len(data.train_labels))
-    model = build_model(spec.model, spec.data.image_size, spec.data.channels, spec.seed).to(CUDA)
-    return spec, data, model, build_strategy(spec.strategy, model.encoder, total).to(CUDA)
+    model, strategy = build_training(spec, total)
+    return spec, data, model.to(CUDA), strategy.to(CUDA)
 
 
 @pytest.mark.parametrize("kind", ["ema", "sigreg"])

@@ -54,9 +54,16 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("kind", ["ema", "sigreg"])
+STRATEGIES = {
+    "ema": ["strategy.kind=ema"],
+    "sigreg": ["strategy.kind=sigreg"],
+    "sigreg_projector": ["strategy.kind=sigreg", "strategy.projector=16"],  # a head outside forward
+}
+
+
+@pytest.mark.parametrize("kind", STRATEGIES)
 def test_two_ranks_with_half_batches_equal_one_rank(tmp_path: Path, kind: str) -> None:
-    overrides = [*FAST, f"strategy.kind={kind}"]
+    overrides = [*FAST, *STRATEGIES[kind]]
     one = history(torchrun(1, {"overrides": overrides, "run_dir": str(tmp_path / "one")}))
     two = history(torchrun(2, {"overrides": overrides, "run_dir": str(tmp_path / "two")}))
     assert [r["step"] for r in one] == [r["step"] for r in two] == [4, 8, 12]

@@ -10,14 +10,17 @@ import pytest
 import torch
 
 from jepa_lab.checkpoint import CheckpointError, read_checkpoint
+from jepa_lab.data import load_dataset
 from jepa_lab.optim import lr_at, weight_decay_at
 from jepa_lab.spec import PATCH_INITS, ExperimentSpec
 from jepa_lab.specfile import load
+from jepa_lab.strategies import build_strategy
 from jepa_lab.train import TrainingError, TrainOptions, train
 
 STRATEGIES = {
     "ema": [],
     "sigreg": ["strategy.kind=sigreg"],
+    "sigreg_projector": ["strategy.kind=sigreg", "strategy.projector=32"],
     "none": ["strategy.kind=none"],
 }
 FAST = ["optim.steps=30", "log_every=10", "eval.baselines=false"]
@@ -39,7 +42,7 @@ def test_each_strategy_trains_with_a_finite_falling_loss(smoke_path: Path, kind:
     metrics = result.metrics
     assert {"eval/probe_acc", "eval/knn_acc", "diag/rankme", "diag/std", "diag/sigreg",
             "diag/pred_loss", "diag/positional_share"} <= set(metrics)  # fmt: skip
-    if kind == "sigreg":
+    if kind.startswith("sigreg"):
         assert all(row["train/loss_reg"] > 0 for row in result.history)
     if kind == "ema":
         assert result.history[-1]["train/momentum"] > result.history[0]["train/momentum"]
@@ -134,16 +137,13 @@ def test_the_probe_beats_chance_on_the_synthetic_set(smoke_path: Path) -> None:
 def test_a_callers_cpu_autocast_reaches_the_training_step(smoke_path: Path) -> None:
     # train_step autocasts on CUDA only; on the CPU it must not switch a caller's autocast off
     # (the benchmark's --dtype bf16 on CPU relies on it).
-    from jepa_lab.data import load_dataset
-    from jepa_lab.models import build_model
     from jepa_lab.optim import build_optimizer
-    from jepa_lab.strategies import build_strategy
+    from jepa_lab.strategies import build_training
     from jepa_lab.train import global_batch, train_step
 
     spec = smoke(smoke_path)
     data = load_dataset(spec.data, None)
-    model = build_model(spec.model, spec.data.image_size, spec.data.channels, spec.seed)
-    strategy = build_strategy(spec.strategy, model.encoder, 1)
+    model, strategy = build_training(spec, 1)
     optimizer = build_optimizer(model, spec.optim, fused=False)
     dtypes: list[torch.dtype] = []
     model.encoder.blocks[0].attn.qkv.register_forward_hook(
@@ -153,3 +153,26 @@ def test_a_callers_cpu_autocast_reaches_the_training_step(smoke_path: Path) -> N
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _, _ = train_step(model, strategy, optimizer, images, masks, spec.loss, 0, None)
     assert dtypes == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_sigreg_projector_is_trained_and_leaves_the_encoder_init_alone(smoke_path: Path) -> None:
+    from jepa_lab.optim import build_optimizer
+    from jepa_lab.strategies import build_training
+    from jepa_lab.train import global_batch, train_step
+
+    plain, _ = build_training(smoke(smoke_path, "strategy.kind=sigreg"), 1)
+    spec = smoke(smoke_path, "strategy.kind=sigreg", "strategy.projector=32")
+    model, strategy = build_training(spec, 1)
+    # The head is drawn after the encoder and predictor: their initial weights do not change.
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    assert model.projector is not None
+    head = [p.detach().clone() for p in model.projector.parameters()]
+    images, masks = global_batch(spec, load_dataset(spec.data, None), 0, torch.device("cpu"))
+    optimizer = build_optimizer(model, spec.optim, fused=False)
+    train_step(model, strategy, optimizer, images, masks, spec.loss, 0, None)
+    moved = [not torch.equal(a, b) for a, b in zip(head, model.projector.parameters(), strict=True)]
+    assert all(moved), "SIGReg's gradient must reach every parameter of the projector head"
+    # A strategy whose spec wants a head must be given the model's head, and the reverse.
+    with pytest.raises(ValueError, match="projector"):
+        build_strategy(spec.strategy, model.encoder, 1)
