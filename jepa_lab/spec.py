@@ -246,7 +246,14 @@ class SigregSpec(Spec):
 
     kind: Literal["sigreg"] = Field(description="Collapse-prevention strategy.")
     lambda_: float = Field(
-        0.05, alias="lambda", ge=0, le=1, description="SIGReg weight (official: 0.02-0.05)."
+        0.02,
+        alias="lambda",
+        ge=0,
+        le=1,
+        description="SIGReg weight (official: 0.02-0.05). 0.02, the middle of a flat range: on "
+        "Fashion-MNIST (patch 7, token-level SIGReg, one seed) the probe's validation accuracy "
+        "did not separate 0.01, 0.02, 0.05 and 0.1 (74-79 %, within the +-1.3-point noise of "
+        "its 1000 images; studies/sigreg_tuning.yaml, sigreg_longer.yaml, sigreg_budget.yaml).",
     )
     directions: int = Field(
         64,
@@ -273,13 +280,15 @@ class SigregSpec(Spec):
         False, description="Detach the target branch (LeJEPA itself uses no stop-gradient)."
     )
     projector: int | None = Field(
-        None,
+        128,
         ge=1,
         le=65536,
         description="Hidden width of an MLP head (Linear-LayerNorm-GELU-Linear back to dim) "
         "that SIGReg sees the embeddings through, as LeJEPA's projector: the encoder's own "
         "tokens, which the probe reads, then need not be Gaussian themselves. null = SIGReg on "
-        "the embeddings directly.",
+        "the embeddings directly. 128: on Fashion-MNIST (800 steps, one seed) the probe's "
+        "validation accuracy was 79.4 % with a 128-wide head, 78.9 % without and 77.7 % with "
+        "a 512-wide one (studies/sigreg_projector.yaml, sigreg_longer.yaml).",
     )
 
     @model_validator(mode="after")

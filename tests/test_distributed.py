@@ -56,7 +56,7 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 
 STRATEGIES = {
     "ema": ["strategy.kind=ema"],
-    "sigreg": ["strategy.kind=sigreg"],
+    "sigreg": ["strategy.kind=sigreg", "strategy.projector=null"],
     "sigreg_projector": ["strategy.kind=sigreg", "strategy.projector=16"],  # a head outside forward
 }
 

@@ -48,7 +48,7 @@ def test_directions_are_unit_and_a_function_of_the_step() -> None:
 
 
 def test_lambda_zero_gives_the_pure_prediction_loss() -> None:
-    strategy = SigregStrategy(SigregSpec(kind="sigreg", **{"lambda": 0.0}))
+    strategy = SigregStrategy(SigregSpec(kind="sigreg", projector=None, **{"lambda": 0.0}))
     pred = torch.tensor(0.7)
     total, reg = strategy.loss(pred, torch.randn(8, 4, 16), torch.randn(8, 3, 16), step=0)
     assert float(total) == pytest.approx(0.7) and reg is not None and float(reg) > 0

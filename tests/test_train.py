@@ -19,7 +19,7 @@ from jepa_lab.train import TrainingError, TrainOptions, train
 
 STRATEGIES = {
     "ema": [],
-    "sigreg": ["strategy.kind=sigreg"],
+    "sigreg": ["strategy.kind=sigreg", "strategy.projector=null"],
     "sigreg_projector": ["strategy.kind=sigreg", "strategy.projector=32"],
     "none": ["strategy.kind=none"],
 }
@@ -160,7 +160,9 @@ def test_sigreg_projector_is_trained_and_leaves_the_encoder_init_alone(smoke_pat
     from jepa_lab.strategies import build_training
     from jepa_lab.train import global_batch, train_step
 
-    plain, _ = build_training(smoke(smoke_path, "strategy.kind=sigreg"), 1)
+    plain, _ = build_training(
+        smoke(smoke_path, "strategy.kind=sigreg", "strategy.projector=null"), 1
+    )
     spec = smoke(smoke_path, "strategy.kind=sigreg", "strategy.projector=32")
     model, strategy = build_training(spec, 1)
     # The head is drawn after the encoder and predictor: their initial weights do not change.
