@@ -21,9 +21,15 @@ import matplotlib.pyplot as plt
 
 def label(result: dict) -> str:
     spec = result["spec"]
-    model, strategy = spec["model"], spec["strategy"]
-    extra = f", {strategy['embeddings']}" if strategy["kind"] == "sigreg" else ""
-    return f"{strategy['kind']}{extra}, patch {model['patch_size']}, {result['steps']} steps"
+    model, strategy, optim = spec["model"], spec["strategy"], spec["optim"]
+    extra = ""
+    if strategy["kind"] == "sigreg":
+        head = f", head {strategy['projector']}" if strategy.get("projector") else ""
+        extra = f" {strategy['lambda']}, {strategy['embeddings']}{head}"
+    return (
+        f"{strategy['kind']}{extra}, patch {model['patch_size']}, "
+        f"{result['steps']} x {optim['batch_size']}"
+    )
 
 
 def main() -> None:
@@ -36,13 +42,14 @@ def main() -> None:
         result = json.loads(path.read_text())
         if not result.get("curve"):
             raise SystemExit(f"error: {path}: no curve (train with --set eval.every=N)")
-        steps = [c["step"] for c in result["curve"]]
+        batch = result["spec"]["optim"]["batch_size"]
+        steps = [c["step"] * batch / 1000 for c in result["curve"]]  # thousands of images
         acc = [100 * c["curve/probe_acc"] for c in result["curve"]]
         seconds = result["train_seconds"]
         (line,) = ax.plot(steps, acc, marker="o", label=f"{label(result)} ({seconds:.0f} s)")
         random = 100 * result["metrics"]["eval/random_probe_acc"]
         ax.axhline(random, color=line.get_color(), linestyle=":", linewidth=1)
-    ax.set_xlabel("training step (batch 256)")
+    ax.set_xlabel("training images seen (thousands; 60 = one epoch)")
     ax.set_ylabel("linear probe test accuracy (%)")
     ax.set_title("Fashion-MNIST, 2-core CPU; dotted: strongest random-init encoder")
     ax.grid(alpha=0.3)

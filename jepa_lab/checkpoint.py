@@ -82,4 +82,5 @@ def load_checkpoint(
     strategy.load_state_dict(state["strategy"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"])
-    return int(state["step"]), state["records"]
+    # Checkpoints written before records existed resume with an empty history.
+    return int(state["step"]), state.get("records", Records(history=[], curve=[]))
