@@ -234,7 +234,16 @@ class EmaSpec(Spec):
         "0.996 over 300 ImageNet epochs): the target averages the last ~1/(1-m) steps, and runs "
         "of a few hundred steps need a target that moves within them.",
     )
-    momentum_end: float = Field(1.0, ge=0, le=1, description="EMA momentum at the last step.")
+    momentum_end: float = Field(
+        0.995,
+        ge=0,
+        le=1,
+        description="EMA momentum at the last step. 0.995 (I-JEPA: 1.0): ending at 1.0 freezes the "
+        "target, the encoder that is evaluated, over the last part of a short run; at 500 steps "
+        "on Fashion-MNIST (seed 0) ending at 0.995 raised the probe's validation accuracy from "
+        "75.6 to 79.0 % (studies/ema_momentum_end.yaml). fmnist_ema.yaml's 1200-step recipe "
+        "keeps 1.0.",
+    )
 
 
 class SigregSpec(Spec):
