@@ -89,7 +89,8 @@ class SigregStrategy(nn.Module):
         self.spec = spec
         self.all_reduce_mean = all_reduce_mean
         self.world_size = world_size
-        self.projector = [projector] if projector else []  # a reference: the model owns it
+        # A reference in a list, not a registered submodule: the model owns the head.
+        self.projector = [projector] if projector is not None else []
 
     def target_tokens(self, images: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
         assert full is not None
