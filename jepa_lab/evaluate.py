@@ -30,6 +30,9 @@ Progress = Callable[[str, int, int], None]
 Features = tuple[torch.Tensor, torch.Tensor]  # (train (n, D), test (m, D))
 
 PROBE_SEED = 0  # the probe subset and its validation split are the same for every run
+# Bumped whenever the probe procedure changes what it returns, so cached baselines are refitted.
+# 2: the validation split is drawn by image index (the same images for every encoder).
+PROBE_VERSION = 2
 HELD_OUT = 1024  # test images scored for held-out prediction loss and positional share
 
 
@@ -65,7 +68,7 @@ def _features(
 def _scores(prefix: str, features: Features, spec: ExperimentSpec, data: Dataset) -> dict:
     index = probe_subset(len(data.train_labels), spec.eval.probe_train)
     train_y, test_y = data.train_labels.cpu()[index], data.test_labels.cpu()
-    probe = fit_probe(features[0], train_y, features[1], test_y, spec.eval, PROBE_SEED)
+    probe = fit_probe(features[0], train_y, features[1], test_y, spec.eval, PROBE_SEED, index)
     knn = knn_accuracy(
         features[0], train_y, features[1], test_y, spec.eval.knn_k, spec.data.n_classes
     )
@@ -100,6 +103,7 @@ def baselines(spec: ExperimentSpec, data: Dataset, device: torch.device) -> dict
     lower.
     """
     data_key = {
+        "probe": PROBE_VERSION,
         "digest": data.digest,
         "data": spec.data.model_dump(mode="json", exclude={"augment"}),
         "eval": spec.eval.model_dump(mode="json"),

@@ -58,20 +58,27 @@ def _check_labelled(x: Tensor, y: Tensor, name: str) -> None:
         raise ValueError(f"{name}: features must be floating point, got {x.dtype}")
 
 
-def _canonical_order(x: Tensor, y: Tensor, seed: int) -> Tensor:
-    """(N,) permutation sorting the samples by a seeded hash of their (features, label) bytes.
+def _canonical_order(x: Tensor, y: Tensor, ids: Tensor | None, seed: int) -> Tensor:
+    """(N,) permutation sorting the samples by a seeded hash of their identity.
 
-    x (N, D) float on the CPU (hashed as float32), y (N,) int64. The hash depends only on each
-    sample's content, so the permutation puts the same samples in the same places whatever order
-    they came in: the validation split (the first rows of this order) and every reduction of the
-    fit are then bitwise independent of the input order. Samples with equal hashes have identical
-    features and label, so their relative order is moot. ~0.1 s for 20k x 128.
+    x (N, D) float on the CPU, y (N,) int64, ids (N,) int64 unique sample identities (e.g.
+    dataset indices) or None. With ids, each sample is hashed by its id, so the validation split
+    (the first rows of this order) holds the same images for every encoder fitted on the same
+    subset: two encoders' validation accuracies are then paired, which removes the split-to-split
+    noise from comparisons. Without ids, the sample's (features, label) bytes stand in for its
+    identity (hashed as float32). Either way the hash travels with the sample, so the split and
+    every reduction of the fit are bitwise independent of the input order. Samples with equal
+    content hashes are identical, so their relative order is moot. ~0.1 s for 20k x 128.
     """
     key = str(seed).encode()
-    digests = [
-        hashlib.blake2b(row.tobytes() + label.tobytes(), digest_size=16, key=key).digest()
-        for row, label in zip(x.float().numpy(), y.numpy(), strict=True)
-    ]
+    if ids is not None:
+        rows = [int(i).to_bytes(8, "little", signed=True) for i in ids.tolist()]
+    else:
+        rows = [
+            row.tobytes() + label.tobytes()
+            for row, label in zip(x.float().numpy(), y.numpy(), strict=True)
+        ]
+    digests = [hashlib.blake2b(row, digest_size=16, key=key).digest() for row in rows]
     return torch.tensor(sorted(range(len(digests)), key=digests.__getitem__), dtype=torch.int64)
 
 
@@ -138,15 +145,23 @@ def _accuracy(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor) -> float:
 
 
 def fit_probe(
-    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, spec: EvalSpec, seed: int
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    spec: EvalSpec,
+    seed: int,
+    train_ids: Tensor | None = None,
 ) -> ProbeResult:
     """Linear probe: choose L2 on a validation split, refit on all training features, test once.
 
     train_x (N, D), test_x (M, D) features of any float dtype (computed in float32 on the CPU);
-    train_y (N,), test_y (M,) integer labels in [0, C), C = max(train_y) + 1. Features are
-    standardised with the mean and std of train_x. The validation split (``spec.val_fraction``
-    of N) is taken by a seeded hash of each sample's content, not by position, so the result does
-    not depend on the order of the samples. The L2 grid is walked from the largest value down,
+    train_y (N,), test_y (M,) integer labels in [0, C), C = max(train_y) + 1; train_ids (N,)
+    unique integer identities of the training samples, or None. Features are standardised with
+    the mean and std of train_x. The validation split (``spec.val_fraction`` of N) is taken by a
+    seeded hash of each sample's id (of its content without ids), not by position, so the result
+    does not depend on the order of the samples, and with ids every encoder is validated on the
+    same samples. The L2 grid is walked from the largest value down,
     each fit warm-started from the previous one (a regularisation path); validation ties go to
     the larger L2. The final fit on train + val starts from the chosen L2's solution.
     Deterministic for given inputs and seed on a given machine and thread count.
@@ -159,6 +174,8 @@ def fit_probe(
     n_val = round(spec.val_fraction * n)
     if not 1 <= n_val <= n - 1:
         raise ValueError(f"val_fraction {spec.val_fraction} of {n} samples leaves an empty split")
+    if train_ids is not None and (train_ids.shape != train_y.shape or len(train_ids.unique()) != n):
+        raise ValueError(f"train_ids must be {n} unique ids, one per training sample")
     if min(spec.l2_grid) < 0:
         raise ValueError(f"l2_grid values must be >= 0, got {list(spec.l2_grid)}")
 
@@ -167,7 +184,8 @@ def fit_probe(
     test = test_x.detach().to("cpu", _DTYPE)
     if not (x.isfinite().all() and test.isfinite().all()):
         raise ValueError("features contain NaN or inf (a diverged encoder?): nothing to probe")
-    order = _canonical_order(x, y, seed)
+    ids = None if train_ids is None else train_ids.detach().to("cpu", torch.int64)
+    order = _canonical_order(x, y, ids, seed)
     x, y = x[order], y[order]
     mean = x.double().mean(0)
     std = x.double().std(0)

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from jepa_lab.probe import ProbeResult, fit_probe, knn_accuracy, pooled_features
+from jepa_lab.probe import (
+    ProbeResult,
+    _canonical_order,
+    fit_probe,
+    knn_accuracy,
+    pooled_features,
+)
 from jepa_lab.spec import EvalSpec
 
 SPEC = EvalSpec()
@@ -67,6 +73,31 @@ def test_probe_does_not_depend_on_sample_order() -> None:
     assert fit_probe(train_x, train_y, test_x[test_perm], test_y[test_perm], SPEC, 0) == result
 
 
+def test_probe_with_ids_does_not_depend_on_sample_order() -> None:
+    train_x, train_y = _blobs(600, spread=2.0, seed=0)
+    test_x, test_y = _blobs(300, spread=2.0, seed=1)
+    ids = torch.arange(1000, 1600)
+    result = fit_probe(train_x, train_y, test_x, test_y, SPEC, 0, ids)
+    perm = torch.randperm(600, generator=torch.Generator().manual_seed(3))
+    assert fit_probe(train_x[perm], train_y[perm], test_x, test_y, SPEC, 0, ids[perm]) == result
+
+
+def test_ids_fix_the_validation_split_whatever_the_features() -> None:
+    # Two encoders' features of the same images: with ids, the same samples are held out.
+    train_x, train_y = _blobs(600, spread=2.0, seed=0)
+    other_x, _ = _blobs(600, spread=5.0, seed=7)
+    ids = torch.arange(600) * 3
+    n_val = round(SPEC.val_fraction * 600)
+    first = _canonical_order(train_x, train_y, ids, seed=0)[:n_val]
+    second = _canonical_order(other_x, train_y, ids, seed=0)[:n_val]
+    assert torch.equal(first, second)
+    # Without ids the split follows the content, so different features hold out other samples.
+    by_content = _canonical_order(train_x, train_y, None, seed=0)[:n_val]
+    assert not torch.equal(by_content, _canonical_order(other_x, train_y, None, seed=0)[:n_val])
+    # Another seed holds out other samples.
+    assert not torch.equal(first, _canonical_order(train_x, train_y, ids, seed=1)[:n_val])
+
+
 def test_probe_is_deterministic_and_seeded() -> None:
     train_x, train_y = _blobs(600, spread=2.0, seed=0)
     test_x, test_y = _blobs(300, spread=2.0, seed=1)
@@ -100,6 +131,8 @@ def test_probe_rejects_bad_inputs() -> None:
         fit_probe(x, y[:50], x, y, SPEC, seed=0)
     with pytest.raises(ValueError, match="features"):
         fit_probe(x, y, x[:, :4], y, SPEC, seed=0)
+    with pytest.raises(ValueError, match="train_ids"):
+        fit_probe(x, y, x, y, SPEC, 0, torch.zeros(100, dtype=torch.int64))
     bad = x.clone()
     bad[3, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
