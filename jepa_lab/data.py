@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from jepa_lab.datafiles import DataError, locate, read_cifar, read_fashion, search_roots
+from jepa_lab.dataspec import AugmentSpec, DataSpec, SyntheticSpec
 from jepa_lab.seeds import derive_seed
-from jepa_lab.spec import AugmentSpec, DataSpec, SyntheticSpec
 from jepa_lab.synthetic import generate_synthetic
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from jepa_lab.spec import Spec
+from jepa_lab.specbase import Spec
 from jepa_lab.specfile import shorten
 
 Metric = Literal[

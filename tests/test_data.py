@@ -20,7 +20,7 @@ import torch
 from jepa_lab import data, datafiles
 from jepa_lab.data import Dataset, augment, batch_indices, load_dataset, normalise
 from jepa_lab.datafiles import DataError, search_roots
-from jepa_lab.spec import AugmentSpec, Cifar10Spec, FashionMnistSpec, SyntheticSpec
+from jepa_lab.dataspec import AugmentSpec, Cifar10Spec, FashionMnistSpec, SyntheticSpec
 
 REAL_FASHION = Path(__file__).parents[2] / "shared/data/fashion-mnist"
 # read before the fixture below points it at a temporary folder
