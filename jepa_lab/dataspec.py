@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -47,36 +47,18 @@ class FashionMnistSpec(_DataBase):
     """Fashion-MNIST: 60k train / 10k test, 28x28 grey, 10 classes (official IDX files)."""
 
     name: Literal["fashion-mnist"] = Field(description="Dataset name.")
-
-    @property
-    def image_size(self) -> int:
-        return 28
-
-    @property
-    def channels(self) -> int:
-        return 1
-
-    @property
-    def n_classes(self) -> int:
-        return 10
+    image_size: ClassVar[int] = 28
+    channels: ClassVar[int] = 1
+    n_classes: ClassVar[int] = 10
 
 
 class Cifar10Spec(_DataBase):
     """CIFAR-10: 50k train / 10k test, 32x32 RGB, 10 classes (official python pickle batches)."""
 
     name: Literal["cifar10"] = Field(description="Dataset name.")
-
-    @property
-    def image_size(self) -> int:
-        return 32
-
-    @property
-    def channels(self) -> int:
-        return 3
-
-    @property
-    def n_classes(self) -> int:
-        return 10
+    image_size: ClassVar[int] = 32
+    channels: ClassVar[int] = 3
+    n_classes: ClassVar[int] = 10
 
 
 class SyntheticSpec(_DataBase):
