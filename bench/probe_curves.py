@@ -25,7 +25,8 @@ def label(result: dict) -> str:
     extra = ""
     if strategy["kind"] == "sigreg":
         head = f", head {strategy['projector']}" if strategy.get("projector") else ""
-        extra = f" {strategy['lambda']}, {strategy['embeddings']}{head}"
+        dirs = f", {strategy['directions']} dirs"
+        extra = f" {strategy['lambda']}, {strategy['embeddings']}{head}{dirs}"
     return (
         f"{strategy['kind']}{extra}, patch {model['patch_size']}, "
         f"{result['steps']} x {optim['batch_size']}"
