@@ -18,7 +18,7 @@ from jepa_lab.strategies import build_strategy
 from jepa_lab.train import TrainingError, TrainOptions, train
 
 STRATEGIES = {
-    "ema": [],
+    "ema": ["strategy.momentum_end=1.0"],  # a ramp (the default holds 0.99), so it must be logged
     "sigreg": ["strategy.kind=sigreg", "strategy.projector=null"],
     "sigreg_projector": ["strategy.kind=sigreg", "strategy.projector=32"],
     "none": ["strategy.kind=none"],
