@@ -161,9 +161,9 @@ def fit_probe(
     the mean and std of train_x. The validation split (``spec.val_fraction`` of N) is taken by a
     seeded hash of each sample's id (of its content without ids), not by position, so the result
     does not depend on the order of the samples, and with ids every encoder is validated on the
-    same samples. The L2 grid is walked from the largest value down,
-    each fit warm-started from the previous one (a regularisation path); validation ties go to
-    the larger L2. The final fit on train + val starts from the chosen L2's solution.
+    same samples. The L2 grid is walked from the largest value down, each fit warm-started from
+    the previous one (a regularisation path); validation ties go to the larger L2. The final fit
+    on train + val starts from the chosen L2's solution.
     Deterministic for given inputs and seed on a given machine and thread count.
     """
     _check_labelled(train_x, train_y, "train")
