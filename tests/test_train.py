@@ -11,11 +11,11 @@ import torch
 
 from jepa_lab.checkpoint import CheckpointError, read_checkpoint
 from jepa_lab.data import load_dataset
-from jepa_lab.optim import lr_at, weight_decay_at
+from jepa_lab.optim import build_optimizer, lr_at, weight_decay_at
 from jepa_lab.spec import PATCH_INITS, ExperimentSpec
 from jepa_lab.specfile import load
-from jepa_lab.strategies import build_strategy
-from jepa_lab.train import TrainingError, TrainOptions, train
+from jepa_lab.strategies import build_strategy, build_training
+from jepa_lab.train import TrainingError, TrainOptions, global_batch, train, train_step
 
 STRATEGIES = {
     "ema": ["strategy.momentum_end=1.0"],  # a ramp (the default holds 0.99), so it must be logged
@@ -137,9 +137,6 @@ def test_the_probe_beats_chance_on_the_synthetic_set(smoke_path: Path) -> None:
 def test_a_callers_cpu_autocast_reaches_the_training_step(smoke_path: Path) -> None:
     # train_step autocasts on CUDA only; on the CPU it must not switch a caller's autocast off
     # (the benchmark's --dtype bf16 on CPU relies on it).
-    from jepa_lab.optim import build_optimizer
-    from jepa_lab.strategies import build_training
-    from jepa_lab.train import global_batch, train_step
 
     spec = smoke(smoke_path)
     data = load_dataset(spec.data, None)
@@ -156,9 +153,6 @@ def test_a_callers_cpu_autocast_reaches_the_training_step(smoke_path: Path) -> N
 
 
 def test_sigreg_projector_is_trained_and_leaves_the_encoder_init_alone(smoke_path: Path) -> None:
-    from jepa_lab.optim import build_optimizer
-    from jepa_lab.strategies import build_training
-    from jepa_lab.train import global_batch, train_step
 
     plain, _ = build_training(
         smoke(smoke_path, "strategy.kind=sigreg", "strategy.projector=null"), 1
