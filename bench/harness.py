@@ -34,13 +34,14 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from jepa_lab.data import Dataset
-from jepa_lab.distributed import pick_device
-from jepa_lab.optim import build_optimizer
-from jepa_lab.spec import EmaSpec, ExperimentSpec, ModelSpec
-from jepa_lab.specfile import SpecError, load
-from jepa_lab.strategies import build_training, momentum_at
-from jepa_lab.train import global_batch, train_step
+from jepa_lab.core.strategies import build_training
+from jepa_lab.core.strategies.ema import momentum_at
+from jepa_lab.data.datasets import Dataset
+from jepa_lab.spec.experiment import EmaSpec, ExperimentSpec, ModelSpec
+from jepa_lab.spec.load import SpecError, load
+from jepa_lab.training.distributed import pick_device
+from jepa_lab.training.loop import global_batch, train_step
+from jepa_lab.training.optim import build_optimizer
 
 Step = Callable[[int], None]  # runs the training step of global step ``index``
 IMPLS = ("ours", "lightly")

@@ -31,7 +31,7 @@ from harness import (
 )
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from jepa_lab.data import load_dataset
+from jepa_lab.data.datasets import load_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

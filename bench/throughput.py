@@ -44,9 +44,9 @@ from harness import (
 )
 from torch.utils.flop_counter import FlopCounterMode
 
-from jepa_lab.data import load_dataset
-from jepa_lab.provenance import device_name, git_state
-from jepa_lab.spec import ExperimentSpec
+from jepa_lab.data.datasets import load_dataset
+from jepa_lab.spec.experiment import ExperimentSpec
+from jepa_lab.training.provenance import device_name, git_state
 
 DEFAULT_SPECS = ["studies/fmnist_ema.yaml", "studies/fmnist_sigreg.yaml"]
 

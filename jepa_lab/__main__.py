@@ -1,3 +1,3 @@
-from jepa_lab.cli import main
+from jepa_lab.cli.main import main
 
 main()

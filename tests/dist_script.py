@@ -9,15 +9,15 @@ import json
 import os
 import sys
 
-from jepa_lab.spec import ExperimentSpec
-from jepa_lab.specfile import load
-from jepa_lab.train import TrainOptions, train
+from jepa_lab.spec.experiment import ExperimentSpec
+from jepa_lab.spec.load import load
+from jepa_lab.training.loop import TrainOptions, train
 from tests.conftest import STUDIES
 
 args = json.loads(sys.argv[1])
 rank = int(os.environ.get("RANK", "0"))
 if args.get("fail_rank") == rank:
-    import jepa_lab.train as trainer
+    import jepa_lab.training.loop as trainer
 
     real = trainer.jepa_losses
 

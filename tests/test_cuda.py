@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from jepa_lab.data import Dataset, load_dataset
-from jepa_lab.models import JEPA
-from jepa_lab.objective import jepa_losses
-from jepa_lab.optim import build_optimizer
-from jepa_lab.spec import ExperimentSpec
-from jepa_lab.strategies import Strategy, build_training
-from jepa_lab.train import global_batch, train_step
+from jepa_lab.core.models import JEPA
+from jepa_lab.core.objective import jepa_losses
+from jepa_lab.core.strategies import Strategy, build_training
+from jepa_lab.data.datasets import Dataset, load_dataset
+from jepa_lab.spec.experiment import ExperimentSpec
+from jepa_lab.training.loop import global_batch, train_step
+from jepa_lab.training.optim import build_optimizer
 
 from .test_distributed import cli_two_ranks
 from .test_train import smoke

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from jepa_lab import data, datafiles
-from jepa_lab.data import Dataset, augment, batch_indices, load_dataset, normalise
-from jepa_lab.datafiles import DataError, search_roots
-from jepa_lab.dataspec import AugmentSpec, Cifar10Spec, FashionMnistSpec, SyntheticSpec
+from jepa_lab.data import datasets as data
+from jepa_lab.data import files as datafiles
+from jepa_lab.data.datasets import Dataset, augment, batch_indices, load_dataset, normalise
+from jepa_lab.data.files import DataError, search_roots
+from jepa_lab.spec.data import AugmentSpec, Cifar10Spec, FashionMnistSpec, SyntheticSpec
 
 REAL_FASHION = Path(__file__).parents[2] / "shared/data/fashion-mnist"
 # read before the fixture below points it at a temporary folder

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from jepa_lab.diagnostics import mean_std, positional_share, rankme, sigreg_statistic
+from jepa_lab.eval.diagnostics import mean_std, positional_share, rankme, sigreg_statistic
 
 N, D = 4096, 32
 

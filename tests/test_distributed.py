@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from jepa_lab.checkpoint import read_checkpoint
-from jepa_lab.losses import sigreg, sigreg_directions
+from jepa_lab.core.strategies.sigreg import sigreg, sigreg_directions
+from jepa_lab.training.checkpoint import read_checkpoint
 
 from .conftest import REPO
 

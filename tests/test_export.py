@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from scipy.stats import ttest_ind
 
-from jepa_lab import export, pareto_plot
-from jepa_lab.studyspec import ObjectiveSpec
+from jepa_lab.spec.study import ObjectiveSpec
+from jepa_lab.study import export
+from jepa_lab.study import plot as pareto_plot
 
 MIN_MIN = [
     ObjectiveSpec(metric="diag/pred_loss", direction="minimize", reference=2.0),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jepa_lab.losses import sigreg, sigreg_directions
-from jepa_lab.models import build_model
-from jepa_lab.spec import EmaSpec, ModelSpec, SigregSpec
-from jepa_lab.strategies import EmaStrategy, SigregStrategy, ema_update, momentum_at
+from jepa_lab.core.models import build_model
+from jepa_lab.core.strategies.ema import EmaStrategy, ema_update, momentum_at
+from jepa_lab.core.strategies.sigreg import SigregStrategy, sigreg, sigreg_directions
+from jepa_lab.spec.experiment import EmaSpec, ModelSpec, SigregSpec
 
 DIRECTIONS = sigreg_directions(32, 512, step=0)
 

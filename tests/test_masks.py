@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jepa_lab.masks import block_shape, max_target_tokens, sample_masks
-from jepa_lab.spec import MultiBlockMaskSpec, RandomMaskSpec
+from jepa_lab.core.masks import sample_masks
+from jepa_lab.spec.experiment import (
+    MultiBlockMaskSpec,
+    RandomMaskSpec,
+    block_shape,
+    max_target_tokens,
+)
 
 MULTIBLOCK = MultiBlockMaskSpec(scheme="multiblock")
 

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from jepa_lab.probe import (
+from jepa_lab.eval.probe import (
     ProbeResult,
     _canonical_order,
     fit_probe,
     knn_accuracy,
     pooled_features,
 )
-from jepa_lab.spec import EvalSpec
+from jepa_lab.spec.experiment import EvalSpec
 
 SPEC = EvalSpec()
 N_CLASSES = 4

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from jepa_lab.spec import ExperimentSpec, MultiBlockMaskSpec
-from jepa_lab.specfile import SpecError, load
+from jepa_lab.spec.experiment import ExperimentSpec, MultiBlockMaskSpec
+from jepa_lab.spec.load import SpecError, load
 
 from .conftest import STUDIES
 

@@ -29,11 +29,20 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from typer.testing import CliRunner
 
-from jepa_lab import study, study_results, study_tracking, workers
-from jepa_lab.specfile import SpecError
-from jepa_lab.storage import Storage, StudyError, resolve_storage, worker_alive, worker_identity
-from jepa_lab.studyfile import is_study_file, load_study
-from jepa_lab.trial import WorkerOptions
+from jepa_lab.cli import workers
+from jepa_lab.spec.load import SpecError
+from jepa_lab.spec.plan import is_study_file, load_study
+from jepa_lab.study import results as study_results
+from jepa_lab.study import runner as study
+from jepa_lab.study import tracking as study_tracking
+from jepa_lab.study.storage import (
+    Storage,
+    StudyError,
+    resolve_storage,
+    worker_alive,
+    worker_identity,
+)
+from jepa_lab.study.trial import WorkerOptions
 
 from .conftest import STUDIES
 from .test_export import brute_front, grid_area, union_volume
@@ -65,7 +74,7 @@ def write_study(folder: Path, name: str, **sections: Any) -> Path:
 def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tracking store for the module, created once: a fresh MLflow store costs ~5-10 s of
     schema migration here. Every test uses its own study name, hence its own experiment."""
-    from jepa_lab.store import ensure_store
+    from jepa_lab.track.store import ensure_store
 
     home = tmp_path_factory.mktemp("home")
     ensure_store(f"sqlite:///{home / 'mlflow.db'}")
@@ -93,7 +102,7 @@ def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
 
 def in_process(*args: str) -> Any:
     """The same CLI in this process (export, status, plot: seconds instead of an import)."""
-    from jepa_lab.cli import app
+    from jepa_lab.cli.main import app
 
     return CliRunner().invoke(app, list(args))
 
@@ -288,13 +297,13 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A diverging trial is FAILED with its reason on the Optuna trial and the MLflow run."""
-    import jepa_lab.train
-    from jepa_lab.result import TrainResult
-    from jepa_lab.store import resolve_uri
+    import jepa_lab.training.loop
+    from jepa_lab.track.store import resolve_uri
+    from jepa_lab.training.result import TrainResult
 
     def train(spec: Any, **kwargs: Any) -> Any:  # fast and scripted: the bookkeeping is tested
         if spec.strategy.kind == "sigreg":
-            raise jepa_lab.train.TrainingError("loss became non-finite at step 3: smoke")
+            raise jepa_lab.training.loop.TrainingError("loss became non-finite at step 3: smoke")
         metrics = {"diag/pred_loss": 0.4, "diag/sigreg": 9.0, "eval/probe_acc": 0.5}
         dataset = {"name": "synthetic", "digest": "0" * 64, "origin": "generated"}
         return TrainResult(spec, steps=6, metrics=metrics, dataset=dataset)

@@ -208,8 +208,8 @@ def test_a_served_run_has_params_tags_metrics_artifacts_and_dataset(
 
 
 def test_parent_and_child_runs_nest_and_failures_are_recorded(server: str) -> None:
-    from jepa_lab.store import prepare_store
-    from jepa_lab.tracking import tracked_run
+    from jepa_lab.track.store import prepare_store
+    from jepa_lab.track.writer import tracked_run
 
     experiment_id = prepare_store(server, "nested")
     assert prepare_store(server, "nested") == experiment_id  # idempotent
@@ -331,7 +331,7 @@ def test_two_processes_on_a_fresh_local_store_both_land_and_the_ui_serves_them(
 
     from typer.testing import CliRunner
 
-    from jepa_lab.cli import app
+    from jepa_lab.cli.main import app
 
     local = {"JEPA_LAB_HOME": str(home), "MLFLOW_TRACKING_URI": None}
     listed = CliRunner().invoke(app, ["runs", "list", "--experiment", "smoke"], env=local)
@@ -362,7 +362,7 @@ def test_two_processes_on_a_fresh_local_store_both_land_and_the_ui_serves_them(
 
 def test_a_store_killed_mid_creation_leaves_nothing_behind(tmp_path: Path) -> None:
     """SIGKILL during the schema migration: no half-built store; the next start builds it."""
-    from jepa_lab.store import prepare_store
+    from jepa_lab.track.store import prepare_store
 
     db = tmp_path / "home" / "mlflow.db"
     uri = f"sqlite:///{db}"

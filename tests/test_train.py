@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from jepa_lab.checkpoint import CheckpointError, read_checkpoint
-from jepa_lab.data import load_dataset
-from jepa_lab.optim import build_optimizer, lr_at, weight_decay_at
-from jepa_lab.spec import PATCH_INITS, ExperimentSpec
-from jepa_lab.specfile import load
-from jepa_lab.strategies import build_strategy, build_training
-from jepa_lab.train import TrainingError, TrainOptions, global_batch, train, train_step
+from jepa_lab.core.strategies import build_strategy, build_training
+from jepa_lab.data.datasets import load_dataset
+from jepa_lab.spec.experiment import PATCH_INITS, ExperimentSpec
+from jepa_lab.spec.load import load
+from jepa_lab.training.checkpoint import CheckpointError, read_checkpoint
+from jepa_lab.training.loop import TrainingError, TrainOptions, global_batch, train, train_step
+from jepa_lab.training.optim import build_optimizer, lr_at, weight_decay_at
 
 STRATEGIES = {
     "ema": ["strategy.momentum_end=1.0"],  # a ramp (the default holds 0.99), so it must be logged
@@ -78,7 +78,7 @@ def test_resume_refuses_another_spec(smoke_path: Path, tmp_path: Path) -> None:
 def test_non_finite_loss_names_the_first_bad_step(
     smoke_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import jepa_lab.train as trainer
+    import jepa_lab.training.loop as trainer
 
     real = trainer.jepa_losses
 
@@ -105,8 +105,8 @@ def test_schedules_are_pure_functions_of_the_step(smoke_path: Path) -> None:
 
 def test_core_imports_no_orchestration_library() -> None:
     code = (
-        "import sys, jepa_lab.train, jepa_lab.evaluate, jepa_lab.specfile, jepa_lab.studyspec\n"
-        "import jepa_lab.studyfile\n"
+        "import sys, jepa_lab.training.loop, jepa_lab.eval.evaluate, jepa_lab.spec.load\n"
+        "import jepa_lab.spec.study, jepa_lab.spec.plan\n"
         "bad = [m for m in ('mlflow', 'optuna', 'typer', 'rich') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -1,0 +1,330 @@
+"""The ``jepa-lab`` command line. Heavy modules (torch, MLflow, Optuna) load inside commands,
+so ``jepa-lab --help`` stays fast. Bad input ends in one line per problem on stderr and exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from jepa_lab.cli.options import (
+    DataDirOption,
+    DeviceOption,
+    SetOption,
+    TrackingUriOption,
+    fail,
+    store_uri,
+)
+from jepa_lab.cli.study import register
+
+if TYPE_CHECKING:
+    from jepa_lab.spec.experiment import ExperimentSpec
+
+app = typer.Typer(
+    name="jepa-lab",
+    help="Ablations of JEPA collapse prevention (EMA, SIGReg, none), tracked and searched.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+runs_app = typer.Typer(help="Browse the runs logged to MLflow.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+def load_spec(path: Path, overrides: list[str] | None) -> ExperimentSpec:
+    from jepa_lab.spec.experiment import ExperimentSpec
+    from jepa_lab.spec.load import SpecError, load
+
+    try:
+        return load(ExperimentSpec, path, overrides or [])
+    except SpecError as exc:
+        fail(exc.messages)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2))
+    partial.replace(path)
+
+
+def spec_from_run(uri: str, run_id: str, overrides: list[str] | None) -> ExperimentSpec:
+    """The spec a logged run resolved, with ``overrides`` merged in."""
+    from jepa_lab.spec.experiment import ExperimentSpec
+    from jepa_lab.spec.load import Source, SpecError, apply_overrides, validate
+    from jepa_lab.track.reader import spec_of_run
+    from jepa_lab.track.store import TrackingError
+
+    try:
+        data = spec_of_run(uri, run_id)
+    except TrackingError as exc:
+        fail(str(exc))
+    source = Source(f"run {run_id}:spec.yaml")
+    try:
+        return validate(ExperimentSpec, apply_overrides(data, overrides or [], source), source)
+    except SpecError as exc:
+        fail(exc.messages)
+
+
+@app.command()
+def train(
+    spec_file: Annotated[
+        Path | None, typer.Argument(help="Experiment spec (YAML); not with --from-run.")
+    ] = None,
+    overrides: SetOption = None,
+    data_dir: DataDirOption = None,
+    device: DeviceOption = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint and result.json (default runs/NAME-DIGEST).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the run directory's checkpoint.")
+    ] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between checkpoints.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write result here.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    tracking_uri: TrackingUriOption = None,
+    track: Annotated[
+        bool, typer.Option("--track/--no-track", help="Log the run to MLflow (default: on).")
+    ] = True,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: the spec's name).")
+    ] = None,
+    from_run: Annotated[
+        str | None,
+        typer.Option("--from-run", help="Run again the exact spec of this logged MLflow run."),
+    ] = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Data-parallel processes on this machine (torchrun).")
+    ] = 1,
+) -> None:
+    """Pre-train one experiment, evaluate it, print a summary table and log it to MLflow."""
+    if (spec_file is None) == (from_run is None):
+        fail("give a SPEC_FILE or --from-run RUN_ID (exactly one)")
+    from jepa_lab.cli.launch import launch, under_launcher, without_option
+
+    if nproc > 1 and not under_launcher():
+        raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
+    main_rank = os.environ.get("RANK", "0") == "0"  # only rank 0 logs, writes and prints
+    track = track and main_rank
+    uri = store_uri(tracking_uri) if track or from_run else None
+    if from_run is not None:
+        assert uri is not None
+        spec = spec_from_run(uri, from_run, overrides)
+    else:
+        assert spec_file is not None
+        spec = load_spec(spec_file, overrides)
+    from jepa_lab.cli.reporting import ProgressReporter, print_summary
+    from jepa_lab.data.files import DataError
+    from jepa_lab.training.checkpoint import CheckpointError
+    from jepa_lab.training.loop import TrainingError, TrainOptions
+    from jepa_lab.training.loop import train as run_training
+
+    run_dir = run_dir or Path("runs") / f"{spec.name}-{spec.digest()}"
+    options = TrainOptions(
+        device=device, data_dir=data_dir, run_dir=run_dir, resume=resume, compile=compile,
+        checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    stopped: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
+    failed: tuple[type[BaseException], ...] = (DataError, CheckpointError)
+    tracking = None
+    if track and uri:
+        from jepa_lab.track.store import TrackingError, prepare_store
+        from jepa_lab.track.writer import Terminated, Tracking
+
+        stopped, failed = (*stopped, Terminated), (*failed, TrackingError)
+        tags = {"jepa_lab.from_run": from_run or "", "jepa_lab.resumed": str(resume).lower()}
+        try:
+            name = experiment or spec.name
+            tracking = Tracking(uri, prepare_store(uri, name), experiment=name, tags=tags)
+        except TrackingError as exc:
+            fail(str(exc))
+    try:
+        with (
+            tracking.run(f"{spec.name}-seed{spec.seed}")
+            if tracking
+            else contextlib.nullcontext() as logger,
+            ProgressReporter(enabled=progress and main_rank) as reporter,
+        ):
+            if logger is not None:
+                logger.log_spec(spec)
+
+            def log(metrics: Mapping[str, float], step: int) -> None:
+                reporter.log(metrics, step)
+                if logger is not None:
+                    logger.log(metrics, step)
+
+            result = run_training(spec, log=log, progress=reporter.progress, options=options)
+            if not main_rank:
+                return
+            data = result.to_dict()
+            write_json(run_dir / "result.json", data)
+            if logger is not None:
+                logger.log_result(result, run_dir)
+    except failed as exc:
+        fail(str(exc))
+    except TrainingError as exc:
+        fail(str(exc), code=1)
+    except stopped as exc:
+        interrupt = isinstance(exc, KeyboardInterrupt)
+        ended = tracking.ended("KILLED") if tracking else ""
+        fail(
+            f"{'interrupted' if interrupt else 'terminated'}{ended}", code=130 if interrupt else 143
+        )
+    if json_out is not None:
+        write_json(json_out, data)
+    print_summary(result)
+    print(f"result: {run_dir / 'result.json'}")
+    if tracking is not None:
+        print(f"mlflow: {tracking.where()}")
+
+
+@app.command()
+def validate(
+    spec_files: Annotated[list[Path], typer.Argument(help="Spec files to check.")],
+) -> None:
+    """Check experiment and study files; print FILE:LINE errors and exit 2 if any is invalid."""
+    from jepa_lab.spec.experiment import ExperimentSpec
+    from jepa_lab.spec.load import SpecError, load
+    from jepa_lab.spec.plan import is_study_file, load_study
+
+    problems: list[str] = []
+    for path in spec_files:
+        try:
+            if is_study_file(path):
+                load_study(path)
+            else:
+                load(ExperimentSpec, path)
+        except SpecError as exc:
+            problems.extend(exc.messages)
+        else:
+            print(f"ok: {path}")
+    if problems:
+        fail(problems)
+
+
+@app.command()
+def ui(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (0.0.0.0 exposes it).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5000,
+    backend_store_uri: Annotated[
+        str | None,
+        typer.Option(help="Store to browse (default: the local store).", show_default=False),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+) -> None:
+    """Serve the MLflow UI on the project's store until Ctrl-C."""
+    import signal
+    import socket
+
+    from jepa_lab.track import server as mlflow_server
+    from jepa_lab.track import store
+
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
+            fail(f"port {port} on {host} is already in use: pick another with --port")
+    uri = backend_store_uri or store.default_uri()
+    if uri.startswith("sqlite:"):
+        uri = store.resolve_uri(uri)
+    log = store.home() / "mlflow-server.log"
+    url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    try:
+        server = mlflow_server.start_server(uri, host, port, workers, log)
+    except store.TrackingError as exc:
+        fail(str(exc))
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)  # `kill` stops the server as Ctrl-C does
+    try:
+        mlflow_server.wait_for_server(url, server, timeout=120, log=log)
+        print(f"MLflow UI: {url}  (store: {uri}; Ctrl-C stops it)", flush=True)
+        server.wait()
+    except store.TrackingError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        print("stopping the MLflow server", file=sys.stderr)
+    finally:
+        mlflow_server.stop_server(server)
+    if server.returncode not in (0, -2, -15, 130, 143):
+        fail(f"mlflow server exited with code {server.returncode} (log: {log})")
+
+
+@runs_app.command("list")
+def runs_list(
+    experiment: Annotated[
+        str | None, typer.Option(help="Only this experiment (default: all).", show_default=False)
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="Most recent runs shown.")] = 20,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """A table of the most recent runs and their key metrics."""
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from jepa_lab.track.reader import recent_runs
+    from jepa_lab.track.store import TrackingError, redact
+
+    uri = store_uri(tracking_uri)
+    try:
+        runs = recent_runs(uri, experiment, limit)
+    except TrackingError as exc:
+        fail(str(exc))
+    table = Table(title=f"runs in {experiment or 'all experiments'} ({redact(uri)})")
+    for column in ("run", "id", "status", "strategy", "seed"):
+        table.add_column(column, no_wrap=True)
+    for column in ("probe", "random probe", "RankMe", "started"):
+        table.add_column(column, justify="right", no_wrap=True)
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    for run in runs:
+        metrics = run.metrics
+        table.add_row(
+            ("└ " if run.parent_run_id else "") + run.name,
+            run.run_id,
+            run.status,
+            run.tags.get("jepa_lab.strategy", "-"),
+            run.tags.get("jepa_lab.seed", "-"),
+            pct(metrics.get("eval/probe_acc")),
+            pct(metrics.get("eval/random_probe_acc")),
+            f"{metrics['diag/rankme']:.4g}" if "diag/rankme" in metrics else "-",
+            datetime.fromtimestamp(run.start_time).strftime("%m-%d %H:%M"),
+        )
+    console = Console()
+    if not console.is_terminal:  # piped: never cut the run ids that --from-run needs
+        console = Console(width=250)
+    console.print(table)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of experiment specs (for editor completion)."""
+    from jepa_lab.spec.experiment import ExperimentSpec
+
+    print(json.dumps(ExperimentSpec.model_json_schema(by_alias=True), indent=2))
+
+
+register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""What every command shares, declared once: the options, the one-line failure exit, and the
+tracking-store preflight. Heavy modules (MLflow) load only inside :func:`store_uri`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a spec field: KEY.PATH=VALUE (repeatable)."),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="JEPA_LAB_DATA", help="Where datasets are looked for first."),
+]
+DeviceOption = Annotated[
+    str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: auto).", show_default=False)
+]
+TrackingUriOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow store: http(s)://HOST:PORT of a server, or sqlite:///PATH.db "
+        "(default: the local store in $JEPA_LAB_HOME or .jepa-lab/).",
+        show_default=False,
+    ),
+]
+StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).", show_default=False)]
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="JEPA_LAB_STORAGE",
+        help="Optuna storage: postgresql://USER@HOST/DB (workers on several machines), "
+        "sqlite:///PATH.db, or PATH.journal (default: a journal file beside the tracking store).",
+        show_default=False,
+    ),
+]
+FailFastOption = Annotated[
+    bool, typer.Option("--fail-fast", help="Stop at the first failed trial instead of going on.")
+]
+
+
+def fail(lines: list[str] | str, code: int = 2) -> NoReturn:
+    """Print each problem on its own line to stderr (no markup, no traceback) and exit."""
+    for line in [lines] if isinstance(lines, str) else lines:
+        print(f"error: {line}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def store_uri(tracking_uri: str | None) -> str:
+    """The resolved tracking URI after a fast preflight of its store (seconds, before the spec
+    and torch load: an unreachable server fails at once); a tracking error is one line, exit 2."""
+    from jepa_lab.track.store import TrackingError, check_store, resolve_uri
+
+    try:
+        uri = resolve_uri(tracking_uri)
+        check_store(uri)
+    except TrackingError as exc:
+        fail(str(exc))
+    return uri

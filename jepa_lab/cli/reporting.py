@@ -1,0 +1,104 @@
+"""Training on the terminal (rich): progress of training and evaluation, fed by the core's
+log/progress calls, and the summary table of a result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from jepa_lab.training.result import TrainResult
+
+
+class ProgressReporter:
+    """One bar per phase ("train", "evaluate"); the train bar shows loss and images/s."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.info = ""
+
+    def __enter__(self) -> ProgressReporter:
+        self.bar.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.bar.stop()
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(phase, total=total, info="")
+        self.bar.update(self.tasks[phase], completed=done, total=total, info=self.info)
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        if "train/loss" in metrics:
+            self.info = (
+                f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_second']:.0f} img/s"
+            )
+
+
+def summary_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """Human-readable rows of the key metrics of one run."""
+
+    def pct(key: str) -> str:
+        return f"{100 * metrics[key]:.2f} %" if key in metrics else "-"
+
+    def num(key: str, fmt: str = ".4g") -> str:
+        return format(metrics[key], fmt) if key in metrics else "-"
+
+    rows = [
+        ("linear probe (test)", pct("eval/probe_acc")),
+        ("kNN (test)", pct("eval/knn_acc")),
+        ("random-init probe", pct("eval/random_probe_acc")),
+        ("raw-pixel probe", pct("eval/pixel_probe_acc")),
+        ("gain over random init", pct("eval/gain_over_random")),
+        ("RankMe", num("diag/rankme")),
+        ("per-dim std", num("diag/std")),
+        ("SIGReg statistic", num("diag/sigreg")),
+        ("held-out prediction loss", num("diag/pred_loss")),
+        ("positional share", num("diag/positional_share", ".3f")),
+    ]
+    if "eval/gain_over_random" in metrics and metrics["eval/gain_over_random"] <= 0:
+        rows.append(("verdict", "NOT better than its random-init baseline"))
+    return rows
+
+
+def print_summary(result: TrainResult) -> None:
+    table = Table(
+        title=f"{result.spec.name} ({result.spec.strategy.kind}, seed {result.spec.seed})"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in summary_rows(result.metrics):
+        table.add_row(name, value)
+    table.add_row("steps", str(result.steps))
+    table.add_row("training time", f"{result.train_seconds:.1f} s")
+    table.add_row("throughput", f"{result.images_per_second:.0f} img/s")
+    Console().print(table)

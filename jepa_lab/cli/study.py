@@ -1,0 +1,394 @@
+"""The study commands of ``jepa-lab``: run, worker, status, export, plot.
+
+``register(app)`` adds them to the main Typer app. Heavy modules (Optuna, MLflow, torch, pandas)
+load inside each command. Bad input ends in one line per problem and exit 2; a study stopped by
+``--fail-fast`` or a crashed worker exits 1; Ctrl-C exits 130 (SIGTERM 143) after the running
+trials were failed and re-enqueued, so the same command resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from jepa_lab.cli.options import (
+    DataDirOption,
+    DeviceOption,
+    FailFastOption,
+    StorageOption,
+    StudyArg,
+    TrackingUriOption,
+    fail,
+    store_uri,
+)
+
+if TYPE_CHECKING:
+    from jepa_lab.spec.plan import StudyPlan
+    from jepa_lab.study.session import Session
+    from jepa_lab.study.trial import Outcome
+
+
+def _plan(path: Path) -> StudyPlan:
+    from jepa_lab.spec.load import SpecError
+    from jepa_lab.spec.plan import load_study
+
+    try:
+        return load_study(path)
+    except SpecError as exc:
+        fail(exc.messages)
+
+
+def _session(
+    plan: StudyPlan, storage: str | None, tracking_uri: str | None, *, create: bool, stream: int = 0
+) -> Session:
+    from jepa_lab.study.runner import open_session
+    from jepa_lab.study.storage import StudyError, resolve_storage
+    from jepa_lab.track.store import TrackingError
+
+    uri = store_uri(tracking_uri)
+    try:
+        where = resolve_storage(storage, uri, plan.name)
+        if not create and where.kind == "journal" and not Path(where.url).is_file():
+            fail(
+                f"no study {plan.name!r} yet (no {where.url}): start it with "
+                f"`jepa-lab run {plan.path}`, or pass --storage"
+            )
+        return open_session(plan, where, uri, stream=stream, create=create)
+    except (StudyError, TrackingError) as exc:
+        fail(str(exc))
+
+
+def _line(outcome: Outcome, session: Session) -> str:
+    if outcome.state != "COMPLETE":
+        return f"trial {outcome.number} {outcome.state}: {outcome.error}"
+    assert outcome.values is not None
+    values = "  ".join(
+        f"{o.metric}={v:.4g}"
+        for o, v in zip(session.plan.spec.objectives, outcome.values, strict=True)
+    )
+    return f"trial {outcome.number} COMPLETE  {values}  ({outcome.seconds:.1f} s)"
+
+
+def _parse_gpus(gpus: str | None) -> list[int] | None:
+    if gpus is None:
+        return None
+    try:
+        ids = [int(g) for g in gpus.split(",") if g.strip()]
+    except ValueError:
+        fail(f"--gpus {gpus!r}: expected GPU indices separated by commas, e.g. 0,1,2,3")
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+        fail(f"--gpus {gpus!r}: expected distinct GPU indices >= 0, e.g. 0,1,2,3")
+    return ids
+
+
+def _check_gpus(ids: list[int]) -> None:
+    """Every listed GPU exists here (before any worker starts)."""
+    import torch
+
+    found = torch.cuda.device_count()
+    if found == 0:
+        fail(f"--gpus {','.join(map(str, ids))}: no CUDA GPU is visible here (drop --gpus to "
+             "run on the CPU)")  # fmt: skip
+    missing = [i for i in ids if i >= found]
+    if missing:
+        fail(f"--gpus: no GPU {missing[0]}: {found} visible (indices 0-{found - 1})")
+
+
+def run(
+    study_file: StudyArg,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Local worker processes (default 1; with --gpus one per GPU).",
+            show_default=False,
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPU indices, e.g. 0,1,2,3: one worker per GPU, each "
+            "seeing only its own (CUDA_VISIBLE_DEVICES).",
+            show_default=False,
+        ),
+    ] = None,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+    data_dir: DataDirOption = None,
+    device: DeviceOption = None,
+    fail_fast: FailFastOption = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run a whole study (grid and/or search) to its total trial count; resumes if re-run."""
+    from rich.console import Console
+
+    from jepa_lab.cli.tables import report
+    from jepa_lab.cli.workers import assignments, run_workers
+    from jepa_lab.study import runner as st
+    from jepa_lab.study.storage import StudyError
+    from jepa_lab.study.tracking import set_parent_status
+    from jepa_lab.study.trial import WorkerOptions
+    from jepa_lab.track.store import TrackingError
+    from jepa_lab.track.writer import Terminated
+
+    gpu_ids = _parse_gpus(gpus)
+    if gpu_ids:
+        if device:
+            fail("--gpus picks each worker's device: do not combine it with --device")
+        _check_gpus(gpu_ids)
+        device = "cuda"  # never a silent fallback to the CPU
+    count = workers or (len(gpu_ids) if gpu_ids else 1)
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=True)
+    console = Console(stderr=True)
+    console.print(
+        f"study {plan.name}: {plan.spec.n_trials} trials, storage {session.storage.shown}, "
+        f"{count} worker{'s' * (count > 1)}"
+    )
+    options = WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
+    code = 0
+    try:
+        set_parent_status(session, "RUNNING")
+        if st.is_complete(session):
+            console.print("the study is already complete")
+        elif count == 1 and not gpu_ids:
+            code = _run_here(session, options, console, progress)
+        else:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            envs = assignments(count, gpu_ids, sorted(os.sched_getaffinity(0)), visible)
+            code = run_workers(session, options, envs, console, progress)
+    except KeyboardInterrupt:
+        _end(session, "KILLED")
+        fail("interrupted: running trials were re-enqueued; run the same command to resume", 130)
+    except Terminated:
+        _end(session, "KILLED")
+        fail("terminated: running trials were re-enqueued; run the same command to resume", 143)
+    except (StudyError, TrackingError) as exc:
+        _end(session, "FAILED")
+        fail(str(exc))
+    report(session, console)
+    _end(session, "FINISHED" if st.is_complete(session) else ("FAILED" if code else "KILLED"))
+    if code:
+        raise typer.Exit(code)
+
+
+def _end(session: Session, status: str) -> None:
+    from jepa_lab.study import results as sr
+    from jepa_lab.study.tracking import set_parent_status
+    from jepa_lab.track.store import TrackingError
+
+    try:
+        if status == "FINISHED":
+            sr.finalize(session)
+        set_parent_status(session, status)
+    except TrackingError as exc:
+        print(f"warning: study parent run: {exc}", file=sys.stderr)
+
+
+def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
+    from jepa_lab.cli.tables import trials_bar
+    from jepa_lab.data.files import DataError
+    from jepa_lab.study import runner as st
+    from jepa_lab.track.store import TrackingError
+
+    bar = trials_bar(console, show)
+    with bar:
+        trials = bar.add_task(
+            "trials", total=session.plan.spec.n_trials, completed=st.n_finished(session)
+        )
+        phases: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in phases:
+                phases[phase] = bar.add_task(f"  {phase}", total=total)
+            bar.update(phases[phase], completed=done, total=total)
+
+        def echo(outcome: Outcome) -> None:
+            for task in phases.values():
+                bar.remove_task(task)
+            phases.clear()
+            bar.console.print(_line(outcome, session), highlight=False)
+            bar.update(trials, completed=st.n_finished(session))
+
+        try:
+            outcomes = st.work(session, options, echo, progress)
+        except (DataError, TrackingError) as exc:
+            _end(session, "FAILED")
+            fail(str(exc))
+    failed = any(o.state == "FAIL" for o in outcomes)
+    return 1 if options.fail_fast and failed else 0
+
+
+def worker(
+    study_file: StudyArg,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+    data_dir: DataDirOption = None,
+    device: DeviceOption = None,
+    fail_fast: FailFastOption = False,
+    index: Annotated[
+        int | None,
+        typer.Option(
+            envvar="JEPA_LAB_WORKER_INDEX",
+            min=0,
+            help="This worker's number: seeds its sampler stream (default: from the process id).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Join a study as one worker (e.g. from another machine with --storage postgresql://...)."""
+    import zlib
+
+    from jepa_lab.cli.workers import apply_cpus
+    from jepa_lab.data.files import DataError
+    from jepa_lab.study import runner as st
+    from jepa_lab.study.storage import StudyError, worker_identity
+    from jepa_lab.study.tracking import FINALIZED
+    from jepa_lab.study.trial import WorkerOptions
+    from jepa_lab.track.store import TrackingError
+    from jepa_lab.track.writer import Terminated
+
+    apply_cpus()
+    plan = _plan(study_file)
+    # without --index: one stream per host and process (containers often share a pid)
+    stream = index if index is not None else zlib.crc32(worker_identity().encode()) + 1
+    session = _session(plan, storage, tracking_uri, create=True, stream=stream)
+    options = WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
+
+    def echo(outcome: Outcome) -> None:
+        print(_line(outcome, session), flush=True)
+
+    try:
+        outcomes = st.work(session, options, echo)
+    except (DataError, TrackingError, StudyError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: the running trial was re-enqueued", 130)
+    except Terminated:
+        fail("terminated: the running trial was re-enqueued", 143)
+    print(f"worker done: {len(outcomes)} trials run here", flush=True)
+    if not os.environ.get("JEPA_LAB_MANAGED"):
+        with session.lock():
+            if st.is_complete(session) and not session.study.user_attrs.get(FINALIZED):
+                _end(session, "FINISHED")
+                session.study.set_user_attr(FINALIZED, True)
+    if fail_fast and any(o.state == "FAIL" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def status(
+    study_file: StudyArg,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Trials by state, the current Pareto front and its hypervolume."""
+
+    from jepa_lab.cli.tables import front_table, stdout_console, volume_line
+    from jepa_lab.study import results as sr
+    from jepa_lab.study.runner import n_finished
+
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=False)
+    _, _, front, volume = sr.tables(session)
+    counts = sr.counts(session)
+    out = stdout_console()
+    out.print(
+        f"study {plan.name} in {session.storage.shown}: {n_finished(session)} of "
+        f"{plan.spec.n_trials} trials finished",
+        highlight=False,
+    )
+    for state in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "FAIL (retried)", "PRUNED"):
+        if counts.get(state):
+            out.print(f"  {state:<15} {counts[state]}", highlight=False)
+    out.print(front_table(front, session))
+    out.print(volume_line(session, volume), highlight=False)
+
+
+def export(
+    study_file: StudyArg,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="csv, md, latex, parquet or json (default: from -o's suffix, else csv).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default: stdout).")
+    ] = None,
+    all_configs: Annotated[
+        bool, typer.Option("--all", help="Every configuration, not only the Pareto front.")
+    ] = False,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """The Pareto-front table (mean/std/n over seeds, Welch tests) in a file format."""
+    from jepa_lab.cli.tables import volume_line
+    from jepa_lab.study import export as ex
+    from jepa_lab.study import results as sr
+
+    suffixes = {".csv": "csv", ".md": "md", ".tex": "latex", ".parquet": "parquet", ".json": "json"}
+    chosen = fmt or (suffixes.get(output.suffix.lower()) if output else None) or "csv"
+    if chosen not in ex.FORMATS:
+        fail(f"--format {chosen!r}: expected one of {', '.join(ex.FORMATS)}")
+    if chosen == "parquet" and output is None:
+        fail("parquet is binary: give an output file with -o FILE.parquet")
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=False)
+    _, summary, front, volume = sr.tables(session)
+    rows = ex.export_table(
+        summary if all_configs else front, plan.spec.objectives, sr.setting_keys(plan)
+    )
+    text = ex.render(rows, chosen, sr.export_meta(session, volume), output)
+    if text is not None:
+        sys.stdout.write(text)
+        print(volume_line(session, volume), file=sys.stderr)
+    else:
+        print(f"wrote {output} ({len(rows)} rows); {volume_line(session, volume)}")
+
+
+def plot(
+    study_file: StudyArg,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="pareto.png (static) or pareto.html (interactive)."),
+    ] = Path("pareto.png"),
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Plot the configurations and their Pareto front (PNG or interactive HTML)."""
+    from jepa_lab.cli.tables import volume_line
+    from jepa_lab.study import plot as pareto_plot
+    from jepa_lab.study import results as sr
+
+    if output.suffix.lower() not in (".png", ".html"):
+        fail(f"{output}: plot to a .png or an .html file")
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=False)
+    _, summary, front, volume = sr.tables(session)
+    if summary.empty:
+        fail(f"study {plan.name} has no complete trial yet: nothing to plot")
+    pareto_plot.plot(
+        summary,
+        front,
+        plan.spec.objectives,
+        output,
+        f"{plan.name} ({volume_line(session, volume)})",
+    )
+    print(f"wrote {output}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the study commands to ``app``."""
+    app.command("run")(run)
+    app.command("worker")(worker)
+    app.command("status")(status)
+    app.command("export")(export)
+    app.command("plot")(plot)

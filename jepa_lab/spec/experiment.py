@@ -1,0 +1,384 @@
+"""Experiment specs: the single source of every setting and every default.
+
+A spec says what an experiment *is*; it never says where it runs (data directory, tracking URI,
+device come from flags and the environment), so the same file means the same thing everywhere.
+All models are strict (unknown keys are errors) and frozen. Sections that have variants are tagged
+unions, so an EMA strategy cannot carry a SIGReg weight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import Field, model_validator
+
+from jepa_lab.spec.base import Range, Spec
+from jepa_lab.spec.data import DataSpec
+
+# -------------------------------------------------------------------------------------- model
+
+PatchInit = Literal["xavier", "trunc_normal"]
+PATCH_INITS: tuple[PatchInit, ...] = get_args(PatchInit)
+
+
+class ModelSpec(Spec):
+    """ViT encoder (no CLS token, fixed 2-D sin-cos positions) and a narrow I-JEPA predictor."""
+
+    patch_size: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Patch side in pixels; must divide the image size. 4 on 32 px CIFAR-10 (8x8 "
+        "grid); 16 px patches on 32 px images leave 4 tokens and masking is meaningless. The "
+        "Fashion-MNIST recipes use 7 (4x4 grid): 3.5x faster steps than patch 4 on a CPU, and "
+        "within 10 minutes a measured +5 points over random init where patch 4 reached +3.",
+    )
+    dim: int = Field(128, ge=8, le=4096, description="Encoder width (K).")
+    depth: int = Field(4, ge=1, le=48, description="Encoder transformer blocks.")
+    heads: int = Field(4, ge=1, le=64, description="Encoder attention heads; must divide dim.")
+    mlp_ratio: float = Field(4.0, gt=0, le=16, description="MLP hidden width / dim.")
+    pred_dim: int = Field(64, ge=8, le=4096, description="Predictor width (narrow, per I-JEPA).")
+    pred_depth: int = Field(3, ge=1, le=48, description="Predictor transformer blocks.")
+    pred_heads: int = Field(4, ge=1, le=64, description="Predictor heads; must divide pred_dim.")
+    patch_init: PatchInit = Field(
+        "xavier",
+        description="Patch-embedding init. 'xavier' (as MAE) keeps image content comparable to "
+        "the positional signal; 'trunc_normal' (official I-JEPA, std 0.02) makes 4x4x1 patches "
+        "~10x smaller than positions, and the predictor then learns position only.",
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelSpec:
+        if self.dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        if self.pred_dim % self.pred_heads:
+            raise ValueError(
+                f"pred_heads ({self.pred_heads}) must divide pred_dim ({self.pred_dim})"
+            )
+        return self
+
+
+# -------------------------------------------------------------------------------------- masks
+
+
+def block_shape(scale: float, aspect: float, grid: int) -> tuple[int, int]:
+    """(h, w) of a block covering ``scale`` of a ``grid`` x ``grid`` grid with h/w = ``aspect``."""
+    area = scale * grid * grid
+    h = round(math.sqrt(area * aspect))
+    w = round(math.sqrt(area / aspect))
+    return min(max(h, 1), grid), min(max(w, 1), grid)
+
+
+def max_target_tokens(spec: MultiBlockMaskSpec, grid: int) -> int:
+    """Largest target block (in tokens) the spec's scale and aspect ranges can produce.
+
+    Lives with the spec, not the mask sampler, so validating a spec needs no torch."""
+    steps = [i / 32 for i in range(33)]
+    (s0, s1), (a0, a1) = spec.target_scale, spec.target_aspect
+    return max(
+        h * w
+        for u in steps
+        for v in steps
+        for h, w in [block_shape(s0 + u * (s1 - s0), a0 + v * (a1 - a0), grid)]
+    )
+
+
+class MultiBlockMaskSpec(Spec):
+    """I-JEPA multi-block masking: several target blocks, one large context block minus them."""
+
+    scheme: Literal["multiblock"] = Field(description="Masking scheme.")
+    n_targets: int = Field(4, ge=1, le=16, description="Target blocks per image (I-JEPA: 4).")
+    target_scale: Range = Field(
+        (0.15, 0.2), description="Area of each target block as a fraction of the grid."
+    )
+    target_aspect: Range = Field((0.75, 1.5), description="Aspect ratio (h/w) of target blocks.")
+    context_scale: Range = Field(
+        (0.85, 1.0), description="Area of the context block (aspect 1) before targets are removed."
+    )
+    min_context: int = Field(
+        4,
+        ge=1,
+        description="Fewest context tokens an image keeps; where the context block minus the "
+        "targets has fewer, the whole grid minus the targets is used instead.",
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> MultiBlockMaskSpec:
+        for name in ("target_scale", "context_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{name} must lie in (0, 1]")
+        if self.target_aspect[0] <= 0:
+            raise ValueError("target_aspect must be > 0")
+        return self
+
+
+class RandomMaskSpec(Spec):
+    """Random token masking: a fixed fraction of the grid is target, the rest context."""
+
+    scheme: Literal["random"] = Field(description="Masking scheme.")
+    ratio: float = Field(0.6, gt=0, lt=1, description="Fraction of tokens to predict.")
+
+
+MaskSpec = Annotated[MultiBlockMaskSpec | RandomMaskSpec, Field(discriminator="scheme")]
+
+
+# --------------------------------------------------------------------------------------- loss
+
+
+class LossSpec(Spec):
+    """Prediction loss between predicted and target embeddings at the target positions."""
+
+    kind: Literal["smooth_l1", "mse"] = Field("smooth_l1", description="I-JEPA uses smooth L1.")
+    beta: float = Field(1.0, gt=0, le=10, description="Smooth-L1 transition point (I-JEPA: 1).")
+    target_norm: bool = Field(
+        True, description="Non-affine LayerNorm of target embeddings over the feature dim."
+    )
+
+
+# --------------------------------------------------------------------------------- strategies
+
+
+class EmaSpec(Spec):
+    """I-JEPA: the target encoder is an EMA copy of the context encoder; it gets no gradient."""
+
+    kind: Literal["ema"] = Field(description="Collapse-prevention strategy.")
+    momentum_start: float = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="EMA momentum at step 0, rising linearly to momentum_end. 0.99 (I-JEPA: "
+        "0.996 over 300 ImageNet epochs): the target averages the last ~1/(1-m) steps, and runs "
+        "of a few hundred steps need a target that moves within them.",
+    )
+    momentum_end: float = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="EMA momentum at the last step. 0.99, i.e. held at momentum_start (I-JEPA "
+        "ramps to 1.0): ending at 1.0 freezes the target, the encoder that is evaluated, over the "
+        "last part of a short run. On Fashion-MNIST at 500 steps (seed 0) ending at 0.995 raised "
+        "the probe's validation accuracy from 75.6 to 79.0 % (studies/ema_momentum_end.yaml), and "
+        "at 600 steps 0.99 validated 0.7 points above 0.995 over 2 seeds "
+        "(studies/ema_main_budget.yaml). fmnist_ema.yaml's 1200-step recipe keeps 1.0.",
+    )
+
+
+class SigregSpec(Spec):
+    """LeJEPA: no teacher; SIGReg pulls embeddings toward an isotropic Gaussian.
+
+    Combined as ``(1 - lambda) * prediction + lambda * SIGReg`` (the official form; lambda values
+    do not transfer to libraries that add the terms or drop SIGReg's N factor).
+    """
+
+    kind: Literal["sigreg"] = Field(description="Collapse-prevention strategy.")
+    lambda_: float = Field(
+        0.02,
+        alias="lambda",
+        ge=0,
+        le=1,
+        description="SIGReg weight (official: 0.02-0.05). 0.02, the middle of a flat range: on "
+        "Fashion-MNIST (patch 7, token-level SIGReg, one seed) the probe's validation accuracy "
+        "did not separate 0.01, 0.02, 0.05 and 0.1 (74-79 %, within the +-1.3-point noise of "
+        "its 1000 images; studies/sigreg_tuning.yaml, sigreg_longer.yaml, sigreg_budget.yaml).",
+    )
+    directions: int = Field(
+        64,
+        ge=1,
+        le=65536,
+        description="Random 1-D projections per step, redrawn every step. 64 by default: with "
+        "token-level SIGReg the statistic costs N_tokens x directions x knots per step, and 64 "
+        "keeps the main job inside its 20 minutes. 256 validate 1.0 point higher at the "
+        "Fashion-MNIST recipe (3 seeds, studies/sigreg_directions.yaml) for ~40 % more training "
+        "time, so fmnist_sigreg.yaml uses 256 (docs/results.md).",
+    )
+    knots: int = Field(17, ge=3, le=257, description="Trapezoid knots on [0, t_max]; odd.")
+    t_max: float = Field(3.0, gt=0, le=20, description="Integration limit of the statistic.")
+    embeddings: Literal["target_pooled", "target_tokens", "context_pooled", "context_tokens"] = (
+        Field(
+            "target_tokens",
+            description="Which online embeddings are regularised: the full-image pass "
+            "('target') or the context pass, mean-pooled per image or every token. Every token "
+            "by default: pooled embeddings of a fresh ViT are nearly identical across images, "
+            "where SIGReg's gradient cannot spread them (B samples only); on Fashion-MNIST at 100 "
+            "steps pooled SIGReg gave a 63 % probe (below random init), token-level 78 %.",
+        )
+    )
+    stop_gradient: bool = Field(
+        False, description="Detach the target branch (LeJEPA itself uses no stop-gradient)."
+    )
+    projector: int | None = Field(
+        128,
+        ge=1,
+        le=65536,
+        description="Hidden width of an MLP head (Linear-LayerNorm-GELU-Linear back to dim) "
+        "that SIGReg sees the embeddings through, as LeJEPA's projector: the encoder's own "
+        "tokens, which the probe reads, then need not be Gaussian themselves. null = SIGReg on "
+        "the embeddings directly. 128: on Fashion-MNIST (800 steps, one seed) the probe's "
+        "validation accuracy was 79.4 % with a 128-wide head, 78.9 % without and 77.7 % with "
+        "a 512-wide one (studies/sigreg_projector.yaml, sigreg_longer.yaml).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SigregSpec:
+        if self.knots % 2 == 0:
+            raise ValueError(f"knots must be odd, got {self.knots}")
+        if self.stop_gradient and self.embeddings.startswith("target"):
+            raise ValueError(
+                "stop_gradient detaches the target branch, so SIGReg on 'target_*' embeddings "
+                "would get no gradient: use embeddings: context_pooled or context_tokens"
+            )
+        return self
+
+
+class NoneSpec(Spec):
+    """No collapse prevention: targets come from the online encoder itself (the baseline)."""
+
+    kind: Literal["none"] = Field(description="Collapse-prevention strategy.")
+    stop_gradient: bool = Field(True, description="Detach the targets (else both sides move).")
+
+
+StrategySpec = Annotated[EmaSpec | SigregSpec | NoneSpec, Field(discriminator="kind")]
+
+
+# -------------------------------------------------------------------------------- optimiser
+
+
+class OptimSpec(Spec):
+    """AdamW with linear warmup then cosine decay, and a cosine weight-decay ramp (I-JEPA)."""
+
+    batch_size: int = Field(
+        256, ge=2, le=65536, description="Global batch (split across ranks under DDP)."
+    )
+    epochs: float | None = Field(None, gt=0, description="Training length in epochs.")
+    steps: int | None = Field(None, ge=1, description="Training length in steps (or epochs).")
+    lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate, reached after warmup.")
+    lr_start: float = Field(2e-4, ge=0, le=1, description="Learning rate at step 0.")
+    lr_end: float = Field(1e-6, ge=0, le=1, description="Learning rate at the last step.")
+    warmup: float = Field(0.1, ge=0, lt=1, description="Warmup length, fraction of all steps.")
+    weight_decay_start: float = Field(0.04, ge=0, le=10, description="Weight decay at step 0.")
+    weight_decay_end: float = Field(0.4, ge=0, le=10, description="Weight decay at the end.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the grad norm; null = off.")
+
+    @model_validator(mode="after")
+    def _length(self) -> OptimSpec:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("set exactly one of optim.epochs or optim.steps")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError("betas must lie in [0, 1)")
+        return self
+
+    def total_steps(self, n_train: int) -> int:
+        """Steps of the whole run for a training set of ``n_train`` images."""
+        if self.steps is not None:
+            return self.steps
+        assert self.epochs is not None
+        return max(1, math.ceil(self.epochs * n_train / self.batch_size))
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+class EvalSpec(Spec):
+    """Frozen-feature evaluation: one probe procedure for every encoder and baseline."""
+
+    probe_train: int | None = Field(
+        20000,
+        ge=32,
+        description="Training images whose features fit the probe (a fixed, seeded subset); "
+        "null = all. The test split is always used whole.",
+    )
+    val_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of the probe's training images held out to pick L2."
+    )
+    l2_grid: tuple[float, ...] = Field(
+        (1e-5, 1e-4, 1e-3, 1e-2),
+        min_length=1,
+        description="L2 strengths tried for the logistic-regression probe; chosen on validation.",
+    )
+    max_iter: int = Field(300, ge=10, le=10000, description="L-BFGS iterations per probe fit.")
+    knn_k: int = Field(20, ge=1, le=1000, description="Neighbours of the cosine kNN classifier.")
+    baselines: bool = Field(True, description="Also probe a random-init encoder and raw pixels.")
+    batch_size: int = Field(1024, ge=1, description="Images per feature-extraction batch.")
+    every: int | None = Field(
+        None,
+        ge=1,
+        description="Also probe the evaluation encoder every N training steps (probe accuracy "
+        "against steps, logged as curve/*); null = only at the end. Each costs one probe fit.",
+    )
+
+
+# ------------------------------------------------------------------------------- experiment
+
+
+class ExperimentSpec(Spec):
+    """One JEPA pre-training run followed by its evaluation."""
+
+    name: str = Field(
+        "experiment", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Short identifier."
+    )
+    data: DataSpec = Field(description="Dataset and augmentation.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Encoder and predictor.")
+    mask: MaskSpec = Field(
+        default_factory=lambda: MultiBlockMaskSpec(scheme="multiblock"),
+        description="Which tokens are context and which are predicted.",
+    )
+    loss: LossSpec = Field(default_factory=LossSpec, description="Prediction loss.")
+    strategy: StrategySpec = Field(description="Collapse prevention: ema, sigreg or none.")
+    optim: OptimSpec = Field(description="Optimiser, schedules and training length.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Probe and diagnostics.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of weights, data order and masks.")
+    log_every: int = Field(50, ge=1, description="Steps between logged training metrics.")
+
+    @model_validator(mode="after")
+    def _geometry(self) -> ExperimentSpec:
+        size, patch = self.data.image_size, self.model.patch_size
+        if size % patch:
+            raise ValueError(
+                f"model.patch_size {patch} does not divide the image size {size} of "
+                f"{self.data.name}: pick a divisor of {size}"
+            )
+        grid = size // patch
+        tokens = grid * grid
+        if tokens < 4:
+            raise ValueError(f"patch_size {patch} leaves {tokens} tokens: use a smaller patch")
+        if isinstance(self.mask, MultiBlockMaskSpec):
+            largest = max_target_tokens(self.mask, grid)
+            if largest > tokens - self.mask.min_context:
+                raise ValueError(
+                    f"mask: a target block can cover {largest} of the {tokens} tokens of the "
+                    f"{grid}x{grid} grid, leaving fewer than min_context={self.mask.min_context} "
+                    "context tokens: lower mask.target_scale or mask.min_context"
+                )
+        else:
+            n_target = round(self.mask.ratio * tokens)
+            if not 1 <= n_target <= tokens - 1:
+                raise ValueError(
+                    f"mask.ratio {self.mask.ratio} on a {grid}x{grid} grid predicts {n_target} "
+                    f"of {tokens} tokens: it must leave at least one target and one context token"
+                )
+        return self
+
+    @property
+    def grid(self) -> int:
+        return self.data.image_size // self.model.patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data (aliases as written in YAML)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def digest(self, *, with_seed: bool = True) -> str:
+        """Stable 12-hex hash of the resolved spec; without the seed it is the ``config_id``."""
+        data = self.to_dict()
+        if not with_seed:
+            data.pop("seed")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Sections that are tagged unions, with their tag key: setting the tag through an override
+# replaces the whole section with that variant's defaults (see specfile.apply_overrides).
+UNION_TAGS = {"data": "name", "mask": "scheme", "strategy": "kind"}

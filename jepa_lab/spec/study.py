@@ -1,0 +1,243 @@
+"""Study specs: a base experiment plus an ablation grid and/or an Optuna multi-objective search.
+
+A study file names its base experiment (inline, or a path relative to the study file), optional
+``overrides`` of it, and a ``grid`` (the full product of dotted keys x ``seeds`` is run) and/or a
+``search`` (a declared space sampled by a named, seeded Optuna sampler, ``n_trials`` in total).
+Like experiment specs, study specs are strict and frozen; this module and
+:mod:`jepa_lab.spec.plan`, which loads study files, are core-side (pydantic and the spec modules
+only) so every command can validate a study without MLflow or Optuna.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from jepa_lab.spec.base import Spec, shorten
+
+Metric = Literal[
+    "diag/pred_loss",
+    "diag/sigreg",
+    "diag/rankme",
+    "diag/std",
+    "diag/positional_share",
+    "eval/probe_acc",
+    "eval/knn_acc",
+    "eval/probe_val_acc",
+    "eval/random_probe_acc",
+    "eval/pixel_probe_acc",
+    "eval/gain_over_random",
+]
+# Metrics that exist only when the experiment evaluates its baselines (eval.baselines: true).
+BASELINE_METRICS = {"eval/random_probe_acc", "eval/pixel_probe_acc", "eval/gain_over_random"}
+KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+DottedKey = str
+
+
+class ObjectiveSpec(Spec):
+    """One objective: a metric of the trial's result, its direction, its hypervolume reference."""
+
+    metric: Metric = Field(description="Result metric (eval/* or diag/*) the trial reports.")
+    direction: Literal["minimize", "maximize"] = Field(description="Which way is better.")
+    reference: float = Field(
+        description="This objective's coordinate of the hypervolume reference point: a value "
+        "worse than any trial of interest. Fixed in the file so hypervolumes stay comparable."
+    )
+
+
+def _default_objectives() -> list[ObjectiveSpec]:
+    # References: smooth-L1 on LayerNorm'd targets stays well below 2; the SIGReg statistic of a
+    # collapsed embedding is at most ~1.1 * 1024 (diagnostics.sigreg_statistic), so 1200 bounds it.
+    return [
+        ObjectiveSpec(metric="diag/pred_loss", direction="minimize", reference=2.0),
+        ObjectiveSpec(metric="diag/sigreg", direction="minimize", reference=1200.0),
+    ]
+
+
+class SamplerSpec(Spec):
+    """The Optuna sampler, named explicitly (Optuna 5's multi-objective default changed)."""
+
+    kind: Literal["tpe", "nsga2", "gp", "random"] = Field(description="Sampling algorithm.")
+    seed: int = Field(ge=0, le=2**31 - 1, description="Sampler seed (worker k uses a derived one).")
+    population_size: int = Field(
+        50, ge=2, le=10000, description="NSGA-II generation size (Optuna's default); nsga2 only."
+    )
+    n_startup_trials: int = Field(
+        10, ge=0, le=10000, description="Random trials before TPE / GP model the space."
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> SamplerSpec:
+        if self.kind != "nsga2" and "population_size" in self.model_fields_set:
+            raise ValueError(f"population_size is an nsga2 setting, not {self.kind}")
+        if self.kind not in ("tpe", "gp") and "n_startup_trials" in self.model_fields_set:
+            raise ValueError(f"n_startup_trials is a tpe/gp setting, not {self.kind}")
+        return self
+
+
+class ParamSpec(Spec):
+    """One dimension of the search space: a dotted spec key and its domain.
+
+    One class with a ``type`` field rather than a tagged union, so errors read
+    ``search.params.mask.ratio: ...`` at the parameter's line; the validator keeps each type's
+    fields exclusive (a float has no ``choices``, a categorical no bounds).
+    """
+
+    type: Literal["float", "int", "categorical"] = Field(description="Kind of domain.")
+    low: float | None = Field(None, description="Lower bound (float, int).")
+    high: float | None = Field(None, description="Upper bound, inclusive (float, int).")
+    log: bool = Field(False, description="Sample on a log scale (float, int; low > 0).")
+    step: float | None = Field(None, gt=0, description="Discretisation step (float, int).")
+    choices: list[Any] | None = Field(None, min_length=1, description="Values (categorical).")
+    when: dict[DottedKey, Any] | None = Field(
+        None,
+        description="Only suggest this parameter when these dotted keys of the trial's spec "
+        "have these values (a list means any of them), e.g. {strategy.kind: sigreg}.",
+    )
+
+    @model_validator(mode="after")
+    def _domain(self) -> ParamSpec:
+        if self.type == "categorical":
+            if self.choices is None:
+                raise ValueError("a categorical parameter needs choices: [...]")
+            extra = [n for n in ("low", "high", "log", "step") if n in self.model_fields_set]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: not for a categorical parameter")
+            texts = [json.dumps(c, sort_keys=True) for c in self.choices]
+            if len(set(texts)) != len(texts):
+                raise ValueError("choices must be distinct")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"choices: not for a {self.type} parameter (use low/high)")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs low and high")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ValueError(f"need finite low < high, got [{self.low}, {self.high}]")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log scale needs low > 0 and no step")
+        if self.type == "int" and not all(
+            float(v).is_integer() for v in (self.low, self.high, self.step or 1)
+        ):
+            raise ValueError("an int parameter needs integer low, high and step")
+        return self
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` lies in this domain (grid points seeding a search must)."""
+        if self.type == "categorical":
+            assert self.choices is not None
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        assert self.low is not None and self.high is not None
+        return self.low <= value <= self.high and (
+            self.type == "float" or float(value).is_integer()
+        )
+
+
+class SearchSpec(Spec):
+    """An Optuna multi-objective search over ``params``; ``n_trials`` counts across all workers."""
+
+    sampler: SamplerSpec = Field(description="Sampler kind and seed.")
+    n_trials: int = Field(ge=1, le=100_000, description="Trials in total, over all workers.")
+    params: dict[DottedKey, ParamSpec] = Field(
+        min_length=1, description="Search space, suggested in this order (see ``when``)."
+    )
+
+
+class StudySpec(Spec):
+    """A study: a base experiment, what varies (grid and/or search) and what is optimised."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Study name: the Optuna study and the MLflow experiment are called this.",
+    )
+    description: str = Field("", max_length=2000, description="Free text, for humans.")
+    base: str | dict[str, Any] = Field(
+        description="The base experiment: an inline spec mapping, or a spec file path relative "
+        "to this study file."
+    )
+    overrides: dict[DottedKey, Any] = Field(
+        default_factory=dict, description="Dotted keys set on the base for every trial."
+    )
+    grid: dict[DottedKey, list[Any]] | None = Field(
+        None, description="Dotted keys and their values; the full product is run (with seeds)."
+    )
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="Seeds each grid cell is run with; results are aggregated per cell "
+        "(mean, std, n). Grid studies only; null runs each cell once with the base seed.",
+    )
+    search: SearchSpec | None = Field(None, description="Optuna multi-objective search.")
+    objectives: list[ObjectiveSpec] = Field(
+        default_factory=_default_objectives,
+        min_length=1,
+        description="What the study optimises and reports on its Pareto front (default: "
+        "held-out prediction loss and the SIGReg statistic, both minimised).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySpec:
+        if self.grid is None and self.search is None:
+            raise ValueError("a study needs a grid, a search, or both")
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("objectives: each metric may appear once")
+        if self.seeds is not None:
+            if self.grid is None or self.search is not None:
+                raise ValueError("seeds: only for grid-only studies (a search trial is one seed)")
+            if len(set(self.seeds)) != len(self.seeds) or not all(
+                0 <= s <= 2**31 - 1 for s in self.seeds
+            ):
+                raise ValueError("seeds must be distinct, in [0, 2**31 - 1]")
+        for key, values in (self.grid or {}).items():
+            if key == "seed":
+                raise ValueError("grid: use seeds: [...] rather than a grid key 'seed'")
+            if not values:
+                raise ValueError(f"grid.{key}: needs at least one value")
+            texts = [json.dumps(v, sort_keys=True) for v in values]
+            if len(set(texts)) != len(texts):
+                raise ValueError(f"grid.{key}: values must be distinct")
+        if self.grid is not None and self.search is not None:
+            for key, values in self.grid.items():
+                param = self.search.params.get(key)
+                if param is None:
+                    raise ValueError(
+                        f"grid.{key}: with a search, grid cells seed it, so every grid key must "
+                        "be a search parameter"
+                    )
+                bad = [v for v in values if not param.contains(v)]
+                if bad:
+                    raise ValueError(f"grid.{key}: {shorten(bad)} outside search.params.{key}")
+            if self.n_cells > self.search.n_trials:
+                raise ValueError(
+                    f"the grid's {self.n_cells} cells exceed search.n_trials "
+                    f"{self.search.n_trials} (the total, grid cells included)"
+                )
+        for key in [
+            *self.overrides,
+            *(self.grid or {}),
+            *(self.search.params if self.search else {}),
+        ]:
+            if key == "seed" and self.seeds is not None:
+                raise ValueError("seed: set by seeds: [...] in this study")
+        return self
+
+    @property
+    def n_cells(self) -> int:
+        """Grid cells, seeds not counted."""
+        return math.prod(len(v) for v in (self.grid or {}).values()) if self.grid else 0
+
+    @property
+    def n_trials(self) -> int:
+        """The study's total trial count (across all workers and resumptions)."""
+        if self.search is not None:
+            return self.search.n_trials
+        return self.n_cells * len(self.seeds or [None])
+
+    @property
+    def grid_only(self) -> bool:
+        return self.search is None

@@ -1,0 +1,220 @@
+"""Where a study lives and who works on it: the Optuna storage, the claim lock, worker identities.
+
+The storage is a journal file (the default, one machine), SQLite, or PostgreSQL (workers on
+several machines, with Optuna's heartbeat). The claim lock (see :mod:`jepa_lab.study.runner`) is an
+``flock`` beside a local storage file, a PostgreSQL advisory lock otherwise; both vanish with
+their holder. A worker's identity (host, pid, process start time) tells a dead worker's trial from
+a running one on this host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import socket
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import FrozenTrial
+
+from jepa_lab.track.filelock import exclusive
+
+STORAGE_ENV = "JEPA_LAB_STORAGE"
+HEARTBEAT_S = 10  # PostgreSQL: seconds between a running trial's heartbeats
+GRACE_S = 60  # ... and without one before the trial counts as dead (fail + retry)
+
+
+class StudyError(Exception):
+    """The study cannot run (storage, definition mismatch); the one-line message names the fix."""
+
+
+# ------------------------------------------------------------------------------ storage
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where the Optuna study lives: a journal file (default), SQLite, or PostgreSQL."""
+
+    kind: str  # "journal", "sqlite" or "postgresql"
+    url: str  # the file path (journal) or the database URL
+
+    @property
+    def shown(self) -> str:
+        """The URL without a password (safe to print and log)."""
+        return re.sub(r"(://[^:/@]*):[^/]*@", r"\1:***@", self.url)
+
+    @property
+    def heartbeat(self) -> bool:
+        return self.kind == "postgresql"
+
+
+def resolve_storage(url: str | None, tracking_uri: str, study: str) -> Storage:
+    """The ``--storage`` flag, else $JEPA_LAB_STORAGE, else a journal file next to the tracking
+    store (``<store folder>/studies/STUDY.journal``; the project home for a tracking server)."""
+    url = url or os.environ.get(STORAGE_ENV) or None
+    if url is None:
+        from jepa_lab.track.store import home
+
+        folder = home()
+        if tracking_uri.startswith("sqlite:///"):
+            folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        return Storage("journal", str(folder / "studies" / f"{study}.journal"))
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+        return Storage("postgresql", _pg_driver(scheme) + url[len(scheme) :])
+    if scheme == "sqlite":
+        return Storage("sqlite", url)
+    if scheme == "journal" or (not scheme and url.endswith((".journal", ".log"))):
+        return Storage("journal", str(Path(url.removeprefix("journal://")).expanduser().resolve()))
+    raise StudyError(
+        f"storage {Storage('?', url).shown!r} is not supported: use postgresql://USER@HOST/DB "
+        "(workers on several machines), sqlite:///PATH.db, or a PATH.journal file (one machine; "
+        "the default)"
+    )
+
+
+def _pg_driver(scheme: str) -> str:
+    """``postgresql+DRIVER``: an explicit driver is kept; else psycopg (SQLAlchemy 2.1's default)
+    if installed, else psycopg2 (what jepa-lab depends on)."""
+    import importlib.util
+
+    if scheme.startswith("postgresql+"):
+        return scheme
+    if importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg"
+    return "postgresql+psycopg2"
+
+
+class _FlockLock(JournalFileOpenLock):
+    """The journal's write lock as an ``flock``: released by the OS when its holder dies, so a
+    killed worker leaves no ``.lock`` file to wait 30 s for (Optuna's file locks do)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path + ".flock"
+        self._handle: Any = None
+
+    def acquire(self) -> bool:
+        handle = open(self._path, "a")  # noqa: SIM115 - held until release()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def _repair_journal(path: Path) -> None:
+    """Drop a last line cut short by a kill mid-write (else the next append corrupts it)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        data = handle.read()
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
+@contextlib.contextmanager
+def _pg_lock(url: str, name: str) -> Iterator[None]:
+    """A PostgreSQL session advisory lock named ``name``; freed if the connection dies."""
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                connection.commit()
+    finally:
+        engine.dispose()
+
+
+def claim_lock(storage: Storage, study: str) -> contextlib.AbstractContextManager[None]:
+    """The study's claim lock (see the module docstring)."""
+    if storage.kind == "postgresql":
+        return _pg_lock(storage.url, f"jepa_lab.study.{study}")
+    path = Path(
+        storage.url if storage.kind == "journal" else storage.url.removeprefix("sqlite:///")
+    )
+    return exclusive(path.with_name(f".{path.name}.{study}.claim"))
+
+
+def open_storage(
+    storage: Storage, on_stale: Callable[[optuna.Study, FrozenTrial], None]
+) -> BaseStorage:
+    """The Optuna storage; PostgreSQL gets heartbeats whose stale trials go to ``on_stale``."""
+    try:
+        if storage.kind == "journal":
+            path = Path(storage.url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with exclusive(path.with_name(path.name + ".flock")):
+                _repair_journal(path)
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=_FlockLock(str(path))))
+        if storage.kind == "sqlite":
+            return RDBStorage(storage.url, engine_kwargs={"connect_args": {"timeout": 60}})
+        with _pg_lock(storage.url, "jepa_lab.schema"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(  # one process at a time creates the tables
+                storage.url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+    except (OSError, ImportError) as exc:
+        raise StudyError(f"storage {storage.shown}: {exc}") from exc
+    except Exception as exc:  # SQLAlchemy's connection errors, without importing it eagerly
+        if type(exc).__module__.startswith("sqlalchemy"):
+            text = " ".join(str(exc).split())[:300]
+            raise StudyError(f"storage {storage.shown} is unusable: {text}") from exc
+        raise
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def worker_identity() -> str:
+    """``host:pid:start`` of this process; ``start`` (clock ticks since boot) guards pid reuse."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def worker_alive(identity: str) -> bool | None:
+    """Whether the worker ``identity`` still runs: None when it ran on another host."""
+    host, _, rest = identity.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start in ("?", _start_ticks(pid))

@@ -1,0 +1,91 @@
+"""A study in MLflow: its parent run (created once, its status), ending the child runs a dead
+worker left RUNNING, and the ``jepa_lab.*`` keys of a study's Optuna user attributes and MLflow
+tags."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+from jepa_lab.study.session import Session
+from jepa_lab.track.store import TrackingError
+
+A = "jepa_lab."  # prefix of every user attribute and tag jepa-lab sets
+PARENT, DIGEST, FINALIZED = A + "parent_run_id", A + "study_digest", A + "finalized"
+WORKER, RUN_ID, ERROR, RETRY_OF = A + "worker", A + "mlflow_run_id", A + "error", A + "retry_of"
+
+
+@contextlib.contextmanager
+def mlflow_client(uri: str) -> Iterator[Any]:
+    """An ``MlflowClient`` whose errors arrive as one-line :class:`TrackingError`s.
+
+    The tracking contract opens runs that close with their block; a study's parent run outlives
+    processes, so its few calls (here and in :mod:`jepa_lab.study.results`) use this client.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        yield MlflowClient(uri)
+    except MlflowException as exc:
+        raise TrackingError(f"tracking store: {' '.join(str(exc).split())[:300]}") from exc
+
+
+def create_parent(session: Session) -> str:
+    """Create the study's parent run (its settings as params, its files as artifacts) and
+    record its id in the study."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    spec = session.plan.spec
+    tags = {
+        A + "study": spec.name,
+        A + "kind": "grid" if spec.grid_only else "search",
+        MLFLOW_RUN_NAME: f"study-{spec.name}",
+    }
+    with mlflow_client(session.uri) as client:
+        run_id = client.create_run(
+            session.experiment_id, run_name=f"study-{spec.name}", tags=tags
+        ).info.run_id
+        params = {
+            "study.n_trials": spec.n_trials,
+            "study.objectives": ",".join(
+                f"{o.metric}:{o.direction}:{o.reference}" for o in spec.objectives
+            ),
+        }
+        if spec.search is not None:
+            params |= {
+                "study.sampler": spec.search.sampler.kind,
+                "study.sampler_seed": spec.search.sampler.seed,
+            }
+        for key, value in params.items():
+            client.log_param(run_id, key, str(value))
+        client.log_text(run_id, session.plan.text, f"study/{session.plan.path.name}")
+        client.log_text(
+            run_id, yaml.safe_dump(session.plan.base, sort_keys=False), "study/base.yaml"
+        )
+    session.study.set_user_attr(PARENT, run_id)
+    return run_id
+
+
+def set_parent_status(session: Session, status: str) -> None:
+    """RUNNING while a ``run`` works on the study; FINISHED, FAILED or KILLED when it ends."""
+    with mlflow_client(session.uri) as client:
+        if status == "RUNNING":
+            client.update_run(session.parent_run_id, status="RUNNING")
+        else:
+            client.set_terminated(session.parent_run_id, status)
+
+
+def end_orphan_runs(session: Session, number: int, reason: str) -> None:
+    """End the RUNNING MLflow runs of trial ``number`` (its worker died) as KILLED."""
+    query = (
+        f"tags.mlflow.parentRunId = '{session.parent_run_id}' and "
+        f"tags.`{A}trial` = '{number}' and attributes.status = 'RUNNING'"
+    )
+    with mlflow_client(session.uri) as client:
+        for run in client.search_runs([session.experiment_id], query):
+            client.set_tag(run.info.run_id, A + "error", f"killed: {reason}")
+            client.set_terminated(run.info.run_id, "KILLED")

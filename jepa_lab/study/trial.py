@@ -1,0 +1,165 @@
+"""One trial of a study: its settings (a grid cell or Optuna's suggestions), training and
+evaluation inside its MLflow child run, and its objective values told to Optuna."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from jepa_lab.spec.load import SpecError
+from jepa_lab.spec.plan import StudyPlan
+from jepa_lab.study.session import Session
+from jepa_lab.study.tracking import ERROR, RUN_ID, A
+from jepa_lab.track.store import TrackingError
+from jepa_lab.track.writer import Tracking
+
+if TYPE_CHECKING:
+    from jepa_lab.training.loop import Progress
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Machine settings of a worker: never part of the study."""
+
+    device: str | None = None
+    data_dir: Path | None = None
+    fail_fast: bool = False
+
+
+@dataclass
+class Outcome:
+    number: int
+    state: str  # COMPLETE, FAIL
+    values: list[float] | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+
+def cell_params(cell: Mapping[str, Any]) -> dict[str, Any]:
+    """A grid cell as the Optuna params its trial will suggest (lists as their YAML text)."""
+    return {k: v if _scalar(v) else _choice(v) for k, v in cell.items()}
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _choice(value: Any) -> Any:
+    from jepa_lab.spec.plan import flow
+
+    return value if _scalar(value) else flow(value)
+
+
+def suggest(plan: StudyPlan, trial: optuna.Trial) -> dict[str, Any]:
+    """The trial's settings (dotted key -> value): its grid cell, or the search's suggestions in
+    declared order, a parameter only where its ``when`` holds for the spec so far."""
+    from jepa_lab.spec.plan import lookup
+
+    spec = plan.spec
+    settings: dict[str, Any] = {}
+    if spec.search is None:
+        for key, values in (spec.grid or {}).items():
+            chosen = trial.suggest_categorical(key, [_choice(v) for v in values])
+            settings[key] = values[[_choice(v) for v in values].index(chosen)]
+        if spec.seeds is not None:
+            settings["seed"] = trial.suggest_categorical("seed", spec.seeds)
+        return settings
+    for key, param in spec.search.params.items():
+        if param.when:
+            resolved = plan.resolved(settings)
+            wanted = {k: v if isinstance(v, list) else [v] for k, v in param.when.items()}
+            try:
+                if any(lookup(resolved, k) not in v for k, v in wanted.items()):
+                    continue
+            except KeyError:
+                continue
+        if param.type == "categorical":
+            assert param.choices is not None
+            texts = [_choice(c) for c in param.choices]
+            settings[key] = param.choices[texts.index(trial.suggest_categorical(key, texts))]
+        elif param.type == "float":
+            assert param.low is not None and param.high is not None
+            settings[key] = trial.suggest_float(
+                key, param.low, param.high, log=param.log, step=param.step
+            )
+        else:
+            assert param.low is not None and param.high is not None
+            settings[key] = trial.suggest_int(
+                key, int(param.low), int(param.high), log=param.log, step=int(param.step or 1)
+            )
+    return settings
+
+
+def objective_values(plan: StudyPlan, metrics: Mapping[str, float]) -> list[float]:
+    """The trial's objective values; a missing or non-finite one fails the trial."""
+    from jepa_lab.training.loop import TrainingError
+
+    values = []
+    for objective in plan.spec.objectives:
+        if objective.metric not in metrics:
+            raise TrainingError(f"the result has no {objective.metric}: no objective value")
+        value = float(metrics[objective.metric])
+        if not math.isfinite(value):
+            raise TrainingError(f"objective {objective.metric} is {value}: no finite result")
+        values.append(value)
+    return values
+
+
+def run_trial(
+    session: Session, trial: optuna.Trial, options: WorkerOptions, progress: Progress | None = None
+) -> Outcome:
+    """Train and evaluate one trial inside its MLflow child run; tell Optuna the result.
+
+    A failing trial (non-finite loss or objective, invalid combination, any other exception) is
+    told FAIL with its reason, which its MLflow run carries too (``jepa_lab.error``). Infra
+    errors (tracking store, dataset) and interruptions propagate: the caller retries the trial.
+    """
+    from jepa_lab.data.files import DataError
+    from jepa_lab.training.loop import TrainOptions, nothing, train
+
+    began = time.perf_counter()
+    plan = session.plan
+    tags = {A + "study": plan.name, A + "trial": str(trial.number)}
+    tracking = Tracking(
+        session.uri, session.experiment_id, parent_run_id=session.parent_run_id, tags=tags
+    )
+    try:
+        settings = suggest(plan, trial)
+        trial.set_user_attr(A + "settings", settings)
+        with tracking.run(f"trial-{trial.number}") as logger:
+            trial.set_user_attr(RUN_ID, logger.run_id)
+            spec = plan.experiment(settings)
+            trial.set_user_attr(A + "config_id", spec.digest(with_seed=False))
+            trial.set_user_attr(A + "spec_digest", spec.digest())
+            trial.set_user_attr(A + "seed", spec.seed)
+            trial.set_user_attr(A + "strategy", spec.strategy.kind)
+            logger.log_spec(spec)
+            result = train(
+                spec,
+                log=logger.log,
+                progress=progress or nothing,
+                options=TrainOptions(device=options.device, data_dir=options.data_dir),
+            )
+            values = objective_values(plan, result.metrics)
+            logger.log_result(result, None)
+            finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
+            trial.set_user_attr(A + "metrics", finite)
+    except (TrackingError, DataError):
+        raise
+    except Exception as exc:  # the trial's own failure: recorded, and the study goes on
+        reason = " ".join(str(exc).split())[:500] or type(exc).__name__
+        if isinstance(exc, SpecError):
+            reason = "invalid combination: " + "; ".join(exc.messages)[:480]
+        trial.set_user_attr(ERROR, reason)
+        # skip_if_finished: a heartbeat that went stale may have failed (and re-enqueued) it
+        session.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        return Outcome(trial.number, "FAIL", error=reason, seconds=time.perf_counter() - began)
+    session.study.tell(trial, values, skip_if_finished=True)
+    return Outcome(trial.number, "COMPLETE", values, seconds=time.perf_counter() - began)
