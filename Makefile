@@ -27,6 +27,7 @@ lint: setup
 	$(VENV)/bin/ruff check jepa_lab tests bench
 	$(VENV)/bin/ruff format --check jepa_lab tests bench
 	$(VENV)/bin/mypy jepa_lab
+	$(VENV)/bin/lint-imports
 
 validate: setup
 	$(VENV)/bin/jepa-lab validate studies/*.yaml

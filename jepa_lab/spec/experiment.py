@@ -31,10 +31,10 @@ class ModelSpec(Spec):
         4,
         ge=1,
         le=64,
-        description="Patch side in pixels; must divide the image size. 4 on 32 px CIFAR-10 (8x8 "
-        "grid); 16 px patches on 32 px images leave 4 tokens and masking is meaningless. The "
-        "Fashion-MNIST recipes use 7 (4x4 grid): 3.5x faster steps than patch 4 on a CPU, and "
-        "within 10 minutes a measured +5 points over random init where patch 4 reached +3.",
+        description="Patch side in pixels; must divide the image size. 4 on 32 px CIFAR-10 (an "
+        "8x8 grid; 16 px patches leave 4 tokens and masking is meaningless); the Fashion-MNIST "
+        "recipes use 7 (4x4 grid), 3.5x faster on a CPU and better within their budget "
+        "(docs/results.md).",
     )
     dim: int = Field(128, ge=8, le=4096, description="Encoder width (K).")
     depth: int = Field(4, ge=1, le=48, description="Encoder transformer blocks.")
@@ -158,12 +158,9 @@ class EmaSpec(Spec):
         0.99,
         ge=0,
         le=1,
-        description="EMA momentum at the last step. 0.99, i.e. held at momentum_start (I-JEPA "
-        "ramps to 1.0): ending at 1.0 freezes the target, the encoder that is evaluated, over the "
-        "last part of a short run. On Fashion-MNIST at 500 steps (seed 0) ending at 0.995 raised "
-        "the probe's validation accuracy from 75.6 to 79.0 % (studies/ema_momentum_end.yaml), and "
-        "at 600 steps 0.99 validated 0.7 points above 0.995 over 2 seeds "
-        "(studies/ema_main_budget.yaml). fmnist_ema.yaml's 1200-step recipe keeps 1.0.",
+        description="EMA momentum at the last step. 0.99, held (I-JEPA ramps to 1.0): ending at "
+        "1.0 freezes the evaluated target over the end of a short run, which cost several probe "
+        "points on Fashion-MNIST (docs/results.md).",
     )
 
 
@@ -180,31 +177,27 @@ class SigregSpec(Spec):
         alias="lambda",
         ge=0,
         le=1,
-        description="SIGReg weight (official: 0.02-0.05). 0.02, the middle of a flat range: on "
-        "Fashion-MNIST (patch 7, token-level SIGReg, one seed) the probe's validation accuracy "
-        "did not separate 0.01, 0.02, 0.05 and 0.1 (74-79 %, within the +-1.3-point noise of "
-        "its 1000 images; studies/sigreg_tuning.yaml, sigreg_longer.yaml, sigreg_budget.yaml).",
+        description="SIGReg weight (official: 0.02-0.05), in loss = (1 - lambda) * prediction + "
+        "lambda * SIGReg. 0.02, the middle of a range the validation split could not separate "
+        "(docs/results.md).",
     )
     directions: int = Field(
         64,
         ge=1,
         le=65536,
-        description="Random 1-D projections per step, redrawn every step. 64 by default: with "
-        "token-level SIGReg the statistic costs N_tokens x directions x knots per step, and 64 "
-        "keeps the main job inside its 20 minutes. 256 validate 1.0 point higher at the "
-        "Fashion-MNIST recipe (3 seeds, studies/sigreg_directions.yaml) for ~40 % more training "
-        "time, so fmnist_sigreg.yaml uses 256 (docs/results.md).",
+        description="Random 1-D projections, redrawn every step. 64: the statistic costs tokens x "
+        "directions x knots per step, and 64 keeps the main job within its budget; 256 validate "
+        "about a point higher and the Fashion-MNIST recipe uses them (docs/results.md).",
     )
     knots: int = Field(17, ge=3, le=257, description="Trapezoid knots on [0, t_max]; odd.")
     t_max: float = Field(3.0, gt=0, le=20, description="Integration limit of the statistic.")
     embeddings: Literal["target_pooled", "target_tokens", "context_pooled", "context_tokens"] = (
         Field(
             "target_tokens",
-            description="Which online embeddings are regularised: the full-image pass "
-            "('target') or the context pass, mean-pooled per image or every token. Every token "
-            "by default: pooled embeddings of a fresh ViT are nearly identical across images, "
-            "where SIGReg's gradient cannot spread them (B samples only); on Fashion-MNIST at 100 "
-            "steps pooled SIGReg gave a 63 % probe (below random init), token-level 78 %.",
+            description="Which online embeddings are regularised: the full-image pass ('target') "
+            "or the context pass, mean-pooled per image or every token. Every token: pooled "
+            "embeddings of a fresh ViT are nearly identical across images, and pooled SIGReg fell "
+            "below random init (docs/results.md).",
         )
     )
     stop_gradient: bool = Field(
@@ -214,12 +207,10 @@ class SigregSpec(Spec):
         128,
         ge=1,
         le=65536,
-        description="Hidden width of an MLP head (Linear-LayerNorm-GELU-Linear back to dim) "
-        "that SIGReg sees the embeddings through, as LeJEPA's projector: the encoder's own "
-        "tokens, which the probe reads, then need not be Gaussian themselves. null = SIGReg on "
-        "the embeddings directly. 128: on Fashion-MNIST (800 steps, one seed) the probe's "
-        "validation accuracy was 79.4 % with a 128-wide head, 78.9 % without and 77.7 % with "
-        "a 512-wide one (studies/sigreg_projector.yaml, sigreg_longer.yaml).",
+        description="Hidden width of an MLP head (Linear-LayerNorm-GELU-Linear back to dim) that "
+        "SIGReg sees the embeddings through, as LeJEPA's projector, so the tokens the probe reads "
+        "need not be Gaussian themselves; null = SIGReg on the embeddings directly. 128 validated "
+        "best among none, 128 and 512 (docs/results.md).",
     )
 
     @model_validator(mode="after")

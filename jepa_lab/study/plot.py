@@ -24,15 +24,15 @@ def plot(
     Two objectives: one scatter with the front as its attainment staircase; more: one panel
     per pair of objectives, front configurations circled.
     """
+    # one panel per pair of objectives (a single objective: against itself)
+    pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))]
+    pairs = pairs or [(0, 0)]
     if path.suffix.lower() == ".html":
-        return _plot_html(table, front_rows, objectives, path, title)
+        return _plot_html(table, front_rows, objectives, pairs, path, title)
     if path.suffix.lower() != ".png":
         raise ValueError(f"{path.name}: plot to a .png or an .html file")
     from matplotlib.figure import Figure  # no pyplot: no global state
 
-    pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))]
-    if not pairs:
-        pairs = [(0, 0)]
     figure = Figure(figsize=(5 * len(pairs), 4.2), layout="constrained")
     axes_list = figure.subplots(1, len(pairs), squeeze=False)[0]
     for axes, (i, j) in zip(axes_list, pairs, strict=True):
@@ -65,14 +65,13 @@ def _plot_html(
     table: pd.DataFrame,
     front_rows: pd.DataFrame,
     objectives: Sequence[ObjectiveSpec],
+    pairs: list[tuple[int, int]],
     path: Path,
     title: str,
 ) -> Path:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))]
-    pairs = pairs or [(0, 0)]
     figure = make_subplots(rows=1, cols=len(pairs))
     on_front = set(front_rows["config_id"]) if not front_rows.empty else set()
     hover = [

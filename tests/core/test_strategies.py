@@ -1,14 +1,22 @@
-"""SIGReg's statistic and the strategies' limits."""
+"""SIGReg's statistic, the strategies' limits, and every strategy of the spec union."""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
 from jepa_lab.core.models import build_model
+from jepa_lab.core.strategies import build_training
 from jepa_lab.core.strategies.ema import EmaStrategy, ema_update, momentum_at
 from jepa_lab.core.strategies.sigreg import SigregStrategy, sigreg, sigreg_directions
-from jepa_lab.spec.experiment import EmaSpec, ModelSpec, SigregSpec
+from jepa_lab.spec.experiment import EmaSpec, ExperimentSpec, ModelSpec, SigregSpec, StrategySpec
+from jepa_lab.spec.load import load
+from jepa_lab.training.checkpoint import read_checkpoint
+from jepa_lab.training.loop import TrainOptions, train
 
 DIRECTIONS = sigreg_directions(32, 512, step=0)
 
@@ -80,3 +88,37 @@ def test_ema_schedule_is_linear_and_target_has_no_grad() -> None:
     online, _ = _encoder_pair()
     strategy = EmaStrategy(spec, online, total_steps=100)
     assert not any(p.requires_grad for p in strategy.target.parameters())
+
+
+def strategy_kinds() -> list[str]:
+    """Every ``kind`` of the spec's strategy union: a new strategy is covered without listing it."""
+    union = get_args(get_args(StrategySpec)[0])
+    return [get_args(cls.model_fields["kind"].annotation)[0] for cls in union]
+
+
+@pytest.mark.parametrize("kind", strategy_kinds())
+def test_every_strategy_of_the_union_trains_checkpoints_and_reports(
+    kind: str, smoke_path: Path, tmp_path: Path
+) -> None:
+    overrides = [f"strategy.kind={kind}", "optim.steps=4", "log_every=2", "eval.baselines=false"]
+    spec = load(ExperimentSpec, smoke_path, overrides)
+    result = train(spec, options=TrainOptions(run_dir=tmp_path))
+    assert [row["step"] for row in result.history] == [2.0, 4.0]
+    assert all(math.isfinite(v) for row in result.history for v in row.values())
+    _, strategy = build_training(spec, 4)
+    # The strategy's own values, and only those, are what the loop adds to a logged row.
+    own = strategy.metrics(1)
+    assert all(isinstance(v, float) for v in own.values())
+    assert set(own) <= set(result.history[0])
+    assert "eval/probe_acc" in result.metrics
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+
+
+def test_only_ema_logs_a_momentum_and_through_its_metrics_hook(smoke_path: Path) -> None:
+    for kind, expected in (("ema", {"train/momentum"}), ("sigreg", set()), ("none", set())):
+        spec = load(ExperimentSpec, smoke_path, [f"strategy.kind={kind}"])
+        _, strategy = build_training(spec, 10)
+        assert set(strategy.metrics(5)) == expected
+    ramp = ["strategy.kind=ema", "strategy.momentum_start=0.9", "strategy.momentum_end=1.0"]
+    _, strategy = build_training(load(ExperimentSpec, smoke_path, ramp), 10)
+    assert strategy.metrics(5) == {"train/momentum": pytest.approx(0.95)}

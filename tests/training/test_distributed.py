@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from jepa_lab.core.strategies.sigreg import sigreg, sigreg_directions
 from jepa_lab.training.checkpoint import read_checkpoint
 
-from .conftest import REPO
+from ..conftest import REPO
 
 pytestmark = pytest.mark.slow
 FAST = ["optim.steps=12", "log_every=4", "eval.baselines=false", "eval.probe_train=64"]
@@ -27,7 +27,7 @@ def torchrun(nproc: int, args: dict, timeout: float = 240) -> subprocess.Complet
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
-        str(REPO / "tests" / "dist_script.py"), json.dumps(args),
+        str(REPO / "tests" / "training" / "dist_script.py"), json.dumps(args),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(

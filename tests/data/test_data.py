@@ -23,7 +23,7 @@ from jepa_lab.data.datasets import Dataset, augment, batch_indices, load_dataset
 from jepa_lab.data.files import DataError, search_roots
 from jepa_lab.spec.data import AugmentSpec, Cifar10Spec, FashionMnistSpec, SyntheticSpec
 
-REAL_FASHION = Path(__file__).parents[2] / "shared/data/fashion-mnist"
+REAL_FASHION = Path(__file__).parents[3] / "shared/data/fashion-mnist"
 # read before the fixture below points it at a temporary folder
 SYSTEM_ROOT = datafiles._SYSTEM_ROOT
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import STUDIES
+from ..conftest import STUDIES
 
 SMOKE = str(STUDIES / "smoke.yaml")
 FAST = ["--set", "optim.steps=10", "--set", "eval.baselines=false", "--set", "eval.max_iter=20",
@@ -366,7 +366,7 @@ def test_a_store_killed_mid_creation_leaves_nothing_behind(tmp_path: Path) -> No
 
     db = tmp_path / "home" / "mlflow.db"
     uri = f"sqlite:///{db}"
-    code = f"from jepa_lab.store import ensure_store; ensure_store({uri!r})"
+    code = f"from jepa_lab.track.store import ensure_store; ensure_store({uri!r})"
     creating = subprocess.Popen([sys.executable, "-c", code], env=cli_env())
     deadline = time.monotonic() + 60
     while not list(db.parent.glob(".mlflow.db.*.tmp")):  # the migration has begun

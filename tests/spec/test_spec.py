@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from jepa_lab.spec.experiment import ExperimentSpec, MultiBlockMaskSpec
 from jepa_lab.spec.load import SpecError, load
 
-from .conftest import STUDIES
+from ..conftest import STUDIES
 
 BAD = Path(__file__).parent / "specs"
 

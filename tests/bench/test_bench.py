@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from ..conftest import REPO
 
 TINY = ["--device", "cpu", "--threads", "1", "--batch-size", "32"]
 

@@ -44,7 +44,7 @@ from jepa_lab.study.storage import (
 )
 from jepa_lab.study.trial import WorkerOptions
 
-from .conftest import STUDIES
+from ..conftest import STUDIES
 from .test_export import brute_front, grid_area, union_volume
 
 TINY = {
@@ -308,7 +308,7 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
         dataset = {"name": "synthetic", "digest": "0" * 64, "origin": "generated"}
         return TrainResult(spec, steps=6, metrics=metrics, dataset=dataset)
 
-    monkeypatch.setattr(jepa_lab.train, "train", train)
+    monkeypatch.setattr(jepa_lab.training.loop, "train", train)
     path = write_study(tmp_path, "failing", grid={"strategy.kind": ["sigreg", "ema", "none"]})
     plan = load_study(path)
     uri = resolve_uri(None)
