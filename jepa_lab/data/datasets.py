@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from jepa_lab.data.files import DataError, locate, read_cifar, read_fashion, search_roots
-from jepa_lab.spec.data import AugmentSpec, DataSpec, SyntheticSpec
 from jepa_lab.data.seeds import derive_seed
 from jepa_lab.data.synthetic import generate_synthetic
+from jepa_lab.spec.data import AugmentSpec, DataSpec, SyntheticSpec
 
 
 @dataclass(frozen=True)

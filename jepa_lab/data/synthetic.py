@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from jepa_lab.spec.data import SyntheticSpec
 from jepa_lab.data.seeds import derive_seed
+from jepa_lab.spec.data import SyntheticSpec
 
 _SYNTHETIC_SEED = 20240601
 _CHUNK = 4096  # images generated at once: bounds the float temporaries
