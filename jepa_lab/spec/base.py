@@ -64,7 +64,8 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-def _path(value: str) -> str:
+def check_path(value: str) -> str:
+    """``value`` if it can name a file (no NUL byte, not empty, not too long)."""
     if "\0" in value:
         raise ValueError("a path cannot contain a NUL byte")
     if not value.strip():
@@ -76,5 +77,5 @@ def _path(value: str) -> str:
 
 Range = Annotated[tuple[float, float], BeforeValidator(as_tuple), AfterValidator(_ordered)]
 NotBool = BeforeValidator(_not_bool)
-PathStr = Annotated[str, AfterValidator(_path)]
+PathStr = Annotated[str, AfterValidator(check_path)]
 """A file path written in a spec: no NUL byte, not empty, at most :data:`MAX_PATH` characters."""

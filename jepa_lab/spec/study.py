@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
-from jepa_lab.spec.base import FieldError, PathStr, Spec, shorten
+from jepa_lab.spec.base import FieldError, Spec, check_path, shorten
 
 Metric = Literal[
     "diag/pred_loss",
@@ -157,6 +157,15 @@ class SearchSpec(Spec):
     )
 
 
+def _base_kind(value: Any) -> Any:
+    # one message for either form, rather than one per member of the union
+    if isinstance(value, str):
+        return check_path(value)
+    if not isinstance(value, dict):
+        raise ValueError("base must be an experiment spec file's path or an inline spec mapping")
+    return value
+
+
 class StudySpec(Spec):
     """A study: a base experiment, what varies (grid and/or search) and what is optimised."""
 
@@ -165,7 +174,7 @@ class StudySpec(Spec):
         description="Study name: the Optuna study and the MLflow experiment are called this.",
     )
     description: str = Field("", max_length=2000, description="Free text, for humans.")
-    base: PathStr | dict[str, Any] = Field(
+    base: Annotated[str | dict[str, Any], BeforeValidator(_base_kind)] = Field(
         description="The base experiment: an inline spec mapping, or an experiment spec file's "
         "path relative to this study file (not another study file)."
     )
