@@ -8,6 +8,7 @@ unions, so an EMA strategy cannot carry a SIGReg weight.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -78,8 +79,13 @@ def max_target_tokens(spec: MultiBlockMaskSpec, grid: int) -> int:
     """Largest target block (in tokens) the spec's scale and aspect ranges can produce.
 
     Lives with the spec, not the mask sampler, so validating a spec needs no torch."""
+    return _max_block(spec.target_scale, spec.target_aspect, grid)
+
+
+@functools.lru_cache(maxsize=256)  # a study validates the same mask for every cell and bound
+def _max_block(scale: tuple[float, float], aspect: tuple[float, float], grid: int) -> int:
     steps = [i / 32 for i in range(33)]
-    (s0, s1), (a0, a1) = spec.target_scale, spec.target_aspect
+    (s0, s1), (a0, a1) = scale, aspect
     return max(
         h * w
         for u in steps

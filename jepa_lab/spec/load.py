@@ -45,7 +45,14 @@ class DuplicateKeyError(yaml.YAMLError):
         super().__init__(f"duplicate key {shorten(key)!r} (lines {first} and {again})")
 
 
-class SpecLoader(yaml.SafeLoader):
+# libyaml's parser where PyYAML has it (several times faster); the constructor stays the safe one
+if typing.TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class SpecLoader(_SafeLoader):
     """PyYAML's safe loader (no ``!!python`` tags), refusing duplicate keys, and reading ``1e-3``
     as a number as YAML 1.2 does (YAML 1.1 makes it the string "1e-3")."""
 
