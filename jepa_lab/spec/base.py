@@ -77,5 +77,3 @@ def check_path(value: str) -> str:
 
 Range = Annotated[tuple[float, float], BeforeValidator(as_tuple), AfterValidator(_ordered)]
 NotBool = BeforeValidator(_not_bool)
-PathStr = Annotated[str, AfterValidator(check_path)]
-"""A file path written in a spec: no NUL byte, not empty, at most :data:`MAX_PATH` characters."""
