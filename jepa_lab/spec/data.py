@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from jepa_lab.spec.base import Range, Spec
+from jepa_lab.spec.base import FieldError, NotBool, Range, Spec
 
 
 class AugmentSpec(Spec):
@@ -25,9 +25,9 @@ class AugmentSpec(Spec):
     @model_validator(mode="after")
     def _bounds(self) -> AugmentSpec:
         if not 0 < self.crop_scale[0] <= 1 or not 0 < self.crop_scale[1] <= 1:
-            raise ValueError("crop_scale values must lie in (0, 1]")
+            raise FieldError("crop_scale values must lie in (0, 1]", "crop_scale")
         if self.crop_ratio[0] <= 0:
-            raise ValueError("crop_ratio values must be > 0")
+            raise FieldError("crop_ratio values must be > 0", "crop_ratio")
         return self
 
 
@@ -66,7 +66,7 @@ class SyntheticSpec(_DataBase):
 
     name: Literal["synthetic"] = Field(description="Dataset name.")
     image_size: int = Field(16, ge=4, le=512, description="Height and width in pixels.")
-    channels: Literal[1, 3] = Field(1, description="1 (grey) or 3 (RGB).")
+    channels: Annotated[Literal[1, 3], NotBool] = Field(1, description="1 (grey) or 3 (RGB).")
     n_classes: int = Field(4, ge=2, le=16, description="Number of classes.")
     n_train: int = Field(1024, ge=16, le=1_000_000, description="Training images generated.")
     n_test: int = Field(256, ge=16, le=1_000_000, description="Test images generated.")

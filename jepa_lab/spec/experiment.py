@@ -8,14 +8,15 @@ unions, so an EMA strategy cannot carry a SIGReg weight.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
-from jepa_lab.spec.base import Range, Spec
+from jepa_lab.spec.base import FieldError, Range, Spec, as_tuple
 from jepa_lab.spec.data import DataSpec
 
 # -------------------------------------------------------------------------------------- model
@@ -53,10 +54,12 @@ class ModelSpec(Spec):
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelSpec:
         if self.dim % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+            raise FieldError(f"heads ({self.heads}) must divide dim ({self.dim})", "heads", "dim")
         if self.pred_dim % self.pred_heads:
-            raise ValueError(
-                f"pred_heads ({self.pred_heads}) must divide pred_dim ({self.pred_dim})"
+            raise FieldError(
+                f"pred_heads ({self.pred_heads}) must divide pred_dim ({self.pred_dim})",
+                "pred_heads",
+                "pred_dim",
             )
         return self
 
@@ -76,8 +79,13 @@ def max_target_tokens(spec: MultiBlockMaskSpec, grid: int) -> int:
     """Largest target block (in tokens) the spec's scale and aspect ranges can produce.
 
     Lives with the spec, not the mask sampler, so validating a spec needs no torch."""
+    return _max_block(spec.target_scale, spec.target_aspect, grid)
+
+
+@functools.lru_cache(maxsize=256)  # a study validates the same mask for every cell and bound
+def _max_block(scale: tuple[float, float], aspect: tuple[float, float], grid: int) -> int:
     steps = [i / 32 for i in range(33)]
-    (s0, s1), (a0, a1) = spec.target_scale, spec.target_aspect
+    (s0, s1), (a0, a1) = scale, aspect
     return max(
         h * w
         for u in steps
@@ -110,9 +118,9 @@ class MultiBlockMaskSpec(Spec):
         for name in ("target_scale", "context_scale"):
             low, high = getattr(self, name)
             if not 0 < low <= high <= 1:
-                raise ValueError(f"{name} must lie in (0, 1]")
+                raise FieldError(f"{name} must lie in (0, 1]", name)
         if self.target_aspect[0] <= 0:
-            raise ValueError("target_aspect must be > 0")
+            raise FieldError("target_aspect must be > 0", "target_aspect")
         return self
 
 
@@ -216,11 +224,13 @@ class SigregSpec(Spec):
     @model_validator(mode="after")
     def _consistent(self) -> SigregSpec:
         if self.knots % 2 == 0:
-            raise ValueError(f"knots must be odd, got {self.knots}")
+            raise FieldError(f"knots must be odd, got {self.knots}", "knots")
         if self.stop_gradient and self.embeddings.startswith("target"):
-            raise ValueError(
+            raise FieldError(
                 "stop_gradient detaches the target branch, so SIGReg on 'target_*' embeddings "
-                "would get no gradient: use embeddings: context_pooled or context_tokens"
+                "would get no gradient: use embeddings: context_pooled or context_tokens",
+                "stop_gradient",
+                "embeddings",
             )
         return self
 
@@ -252,15 +262,17 @@ class OptimSpec(Spec):
     warmup: float = Field(0.1, ge=0, lt=1, description="Warmup length, fraction of all steps.")
     weight_decay_start: float = Field(0.04, ge=0, le=10, description="Weight decay at step 0.")
     weight_decay_end: float = Field(0.4, ge=0, le=10, description="Weight decay at the end.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    betas: Annotated[tuple[float, float], BeforeValidator(as_tuple)] = Field(
+        (0.9, 0.999), description="AdamW betas."
+    )
     grad_clip: float | None = Field(None, gt=0, description="Clip the grad norm; null = off.")
 
     @model_validator(mode="after")
     def _length(self) -> OptimSpec:
         if (self.epochs is None) == (self.steps is None):
-            raise ValueError("set exactly one of optim.epochs or optim.steps")
+            raise FieldError("set exactly one of optim.epochs or optim.steps", "steps", "epochs")
         if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError("betas must lie in [0, 1)")
+            raise FieldError("betas must lie in [0, 1)", "betas")
         return self
 
     def total_steps(self, n_train: int) -> int:
@@ -286,7 +298,7 @@ class EvalSpec(Spec):
     val_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="Share of the probe's training images held out to pick L2."
     )
-    l2_grid: tuple[float, ...] = Field(
+    l2_grid: Annotated[tuple[float, ...], BeforeValidator(as_tuple)] = Field(
         (1e-5, 1e-4, 1e-3, 1e-2),
         min_length=1,
         description="L2 strengths tried for the logistic-regression probe; chosen on validation.",
@@ -329,28 +341,43 @@ class ExperimentSpec(Spec):
     def _geometry(self) -> ExperimentSpec:
         size, patch = self.data.image_size, self.model.patch_size
         if size % patch:
-            raise ValueError(
+            raise FieldError(
                 f"model.patch_size {patch} does not divide the image size {size} of "
-                f"{self.data.name}: pick a divisor of {size}"
+                f"{self.data.name}: pick a divisor of {size}",
+                "model.patch_size",
+                "data.image_size",
+                "data.name",
             )
         grid = size // patch
         tokens = grid * grid
         if tokens < 4:
-            raise ValueError(f"patch_size {patch} leaves {tokens} tokens: use a smaller patch")
+            raise FieldError(
+                f"patch_size {patch} leaves {tokens} tokens: use a smaller patch",
+                "model.patch_size",
+                "data.image_size",
+            )
         if isinstance(self.mask, MultiBlockMaskSpec):
             largest = max_target_tokens(self.mask, grid)
             if largest > tokens - self.mask.min_context:
-                raise ValueError(
+                raise FieldError(
                     f"mask: a target block can cover {largest} of the {tokens} tokens of the "
                     f"{grid}x{grid} grid, leaving fewer than min_context={self.mask.min_context} "
-                    "context tokens: lower mask.target_scale or mask.min_context"
+                    "context tokens: lower mask.target_scale or mask.min_context",
+                    "mask.target_scale",
+                    "mask.min_context",
+                    "mask.target_aspect",
+                    "model.patch_size",
+                    "data.image_size",
                 )
         else:
             n_target = round(self.mask.ratio * tokens)
             if not 1 <= n_target <= tokens - 1:
-                raise ValueError(
+                raise FieldError(
                     f"mask.ratio {self.mask.ratio} on a {grid}x{grid} grid predicts {n_target} "
-                    f"of {tokens} tokens: it must leave at least one target and one context token"
+                    f"of {tokens} tokens: it must leave at least one target and one context token",
+                    "mask.ratio",
+                    "model.patch_size",
+                    "data.image_size",
                 )
         return self
 

@@ -8,6 +8,7 @@ suggestions). Every problem becomes one line ``FILE:LINE: field.path: message (g
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from jepa_lab.spec.base import shorten
+from jepa_lab.spec.base import FieldError, shorten
 from jepa_lab.spec.experiment import UNION_TAGS
 
 M = TypeVar("M", bound=BaseModel)
@@ -25,6 +26,7 @@ Loc = tuple[str | int, ...]
 
 MAX_NODES = 50_000  # expanded YAML nodes; far above any real spec, far below an alias bomb
 MAX_BYTES = 1_000_000
+MAX_SHOWN_PATH = 80  # x4: characters of a file path quoted in a message
 
 
 class SpecError(Exception):
@@ -33,6 +35,58 @@ class SpecError(Exception):
     def __init__(self, messages: Sequence[str]) -> None:
         self.messages = list(messages)
         super().__init__("\n".join(self.messages))
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (YAML would silently keep the last)."""
+
+    def __init__(self, key: object, first: int, again: int) -> None:
+        self.key, self.first, self.again = key, first, again
+        super().__init__(f"duplicate key {shorten(key)!r} (lines {first} and {again})")
+
+
+# libyaml's parser where PyYAML has it (several times faster); the constructor stays the safe one
+if typing.TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class SpecLoader(_SafeLoader):
+    """PyYAML's safe loader (no ``!!python`` tags), refusing duplicate keys, and reading ``1e-3``
+    as a number as YAML 1.2 does (YAML 1.1 makes it the string "1e-3")."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merged keys may be overridden by the mapping's own: that is their use
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep=deep)
+
+
+class SpecDumper(yaml.SafeDumper):
+    """Writes what :class:`SpecLoader` reads back the same (the string "1e-3" gets quotes)."""
+
+
+for _cls in (SpecLoader, SpecDumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` read with :class:`SpecLoader` (for ``--set`` values and plain copies)."""
+    return yaml.load(text, Loader=SpecLoader)
 
 
 class Source:
@@ -50,6 +104,13 @@ class Source:
             if end and loc[:end] in self.lines:
                 return f"{self.path}:{self.lines[loc[:end]]}"
         return f"{self.path}:{self.lines.get((), 1)}"
+
+    def rank(self, loc: Loc) -> int:
+        """How directly ``loc`` was written: 2 by an override, 1 by its own key in the file, else
+        0. A check about several fields is reported at the most directly written of them."""
+        if any(loc[:end] in self.overrides for end in range(1, len(loc) + 1)):
+            return 2
+        return 1 if loc in self.lines else 0
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
@@ -82,22 +143,48 @@ def _record_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], line: int) -
             _record_lines(item, (*loc, index), lines, item.start_mark.line + 1)
 
 
-def read_yaml(path: str | Path) -> tuple[dict[str, Any], Source]:
-    """Parse a YAML mapping safely, refusing huge files and alias bombs; keep line numbers."""
-    shown = str(path)
-    file = Path(path)
-    if not file.is_file():
-        raise SpecError([f"{shown}: no such file: check the path"])
-    if file.stat().st_size > MAX_BYTES:
-        raise SpecError([f"{shown}: file is larger than {MAX_BYTES} bytes: not a spec file"])
-    text = file.read_text(encoding="utf-8", errors="replace")
+def _check_file(file: Path, shown: str) -> bytes:
+    """The bytes of a spec file, or a one-line ``FILE:0:`` error saying why it is not one."""
+    if "\0" in str(file):
+        raise SpecError([f"{shown}:0: a path cannot contain a NUL byte"])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if file.is_dir():
+            raise SpecError([f"{shown}:0: is a directory, not a spec file"])
+        if not file.exists():
+            raise SpecError([f"{shown}:0: no such file: check the path"])
+        if not file.is_file():
+            raise SpecError([f"{shown}:0: not a regular file: not a spec file"])
+        if file.stat().st_size > MAX_BYTES:
+            raise SpecError([f"{shown}:0: file is larger than {MAX_BYTES} bytes: not a spec file"])
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise SpecError([f"{shown}:0: cannot read: {exc.strerror or exc}"]) from None
+    if b"\0" in raw:
+        raise SpecError([f"{shown}:1: binary file (NUL bytes): not a YAML spec file"])
+    return raw
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], Source]:
+    """Parse a YAML mapping safely, refusing huge files, alias bombs and duplicate keys; keep
+    line numbers."""
+    shown = shorten(str(path), 4 * MAX_SHOWN_PATH)
+    text = _check_file(Path(path), shown).decode("utf-8", errors="replace")
+    loader = SpecLoader(text)
+    try:
+        node = loader.get_single_node()
         if node is not None and _expanded_size(node, {}) > MAX_NODES:
             raise SpecError(
                 [f"{shown}:1: YAML expands to more than {MAX_NODES} nodes (alias bomb?): refused"]
             )
-        data = yaml.safe_load(text)
+        data = loader.construct_document(node) if node is not None else None
+    except DuplicateKeyError as exc:
+        key = shorten(str(exc.key))
+        raise SpecError(
+            [
+                f"{shown}:{exc.again}: {key}: duplicate key (first at line {exc.first}, again at "
+                f"line {exc.again}): keep one"
+            ]
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -105,6 +192,8 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], Source]:
         raise SpecError([f"{shown}:{line}: YAML syntax error: {problem}"]) from None
     except RecursionError:
         raise SpecError([f"{shown}:1: YAML nests too deeply: refused"]) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise SpecError([f"{shown}:1: expected a mapping of sections, got {type(data).__name__}"])
     lines: dict[Loc, int] = {}
@@ -119,10 +208,21 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not all(p.strip() for p in parts):
         raise SpecError([f"--set {shorten(item)}: expected KEY.PATH=VALUE, e.g. mask.ratio=0.6"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
+        value = parse_yaml(raw) if raw.strip() else raw
+    except DuplicateKeyError as exc:
+        raise SpecError([f"--set {shorten(item)}: {exc}"]) from None
     except (yaml.YAMLError, ValueError):  # ValueError: an integer too long to convert
         value = raw
     return [p.strip() for p in parts], value
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy of YAML data (mappings, lists, scalars) that shares nothing."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def apply_overrides(
@@ -135,7 +235,10 @@ def apply_overrides(
     ``--set strategy.kind=sigreg`` on an EMA spec does not drag EMA fields along. Tags are applied
     before other keys, whatever their order on the command line.
     """
-    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(data)))  # deep, plain copy
+    try:
+        result: dict[str, Any] = _plain(dict(data))
+    except RecursionError:
+        raise SpecError([f"{source.path}:1: YAML nests too deeply (a recursive alias?)"]) from None
     parsed = [(item, *_parse_override(item)) for item in overrides]
     parsed.sort(key=lambda p: not (len(p[1]) >= 2 and UNION_TAGS.get(p[1][-2]) == p[1][-1]))
     for item, parts, value in parsed:
@@ -237,8 +340,15 @@ def validate(model: type[M], data: Any, source: Source) -> M:
             loc = _display_loc(tuple(error["loc"]), data)
             if error["type"] == "union_tag_invalid":  # point at the tag itself
                 loc = (*loc, error["ctx"]["discriminator"].strip("'"))
-            dotted = ".".join(str(p) for p in loc) or "(top level)"
-            lines.append(f"{source.where(loc)}: {dotted}: {_message(model, error, data, loc)}")
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, FieldError) and cause.locs:
+                # a check across fields: at the field it is about that the file or --set wrote
+                loc = max(((*loc, *sub) for sub in cause.locs), key=source.rank)
+                message = str(cause)
+            else:
+                message = _message(model, error, data, loc)
+            dotted = ".".join(shorten(str(p)) for p in loc) or "(top level)"
+            lines.append(f"{source.where(loc)}: {dotted}: {message}")
         raise SpecError(lines) from None
 
 

@@ -20,14 +20,23 @@ from typing import Any
 
 import yaml
 
+from jepa_lab.spec.base import shorten
 from jepa_lab.spec.experiment import ExperimentSpec
-from jepa_lab.spec.load import Loc, Source, SpecError, apply_overrides, read_yaml, validate
+from jepa_lab.spec.load import (
+    Loc,
+    Source,
+    SpecDumper,
+    SpecError,
+    apply_overrides,
+    read_yaml,
+    validate,
+)
 from jepa_lab.spec.study import BASELINE_METRICS, SearchSpec, StudySpec
 
 
 def flow(value: Any) -> str:
     """``value`` as one line of YAML that parses back to it (``1e-05`` would read as a string)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf)
+    text = yaml.dump(value, Dumper=SpecDumper, default_flow_style=True, width=math.inf)
     return text.removesuffix("\n").removesuffix("...").strip()
 
 
@@ -69,6 +78,11 @@ class _Layered(Source):
             return f"{self.study}:{self.fallback}"
         return self.base.where(loc)
 
+    def rank(self, loc: Loc) -> int:
+        if any(loc[:end] in self.set_at for end in range(1, len(loc) + 1)):
+            return 2
+        return self.base.rank(loc)
+
 
 @dataclass(frozen=True)
 class StudyPlan:
@@ -100,9 +114,12 @@ class StudyPlan:
                 cells.append(cell)
         return cells
 
-    def experiment(self, settings: Mapping[str, Any], line: int | None = None) -> ExperimentSpec:
-        """The trial spec for ``settings`` (dotted key -> value) through the one override path."""
-        source = self._source(settings, line)
+    def experiment(
+        self, settings: Mapping[str, Any], line: int | None = None, at: Mapping[str, int] = {}
+    ) -> ExperimentSpec:
+        """The trial spec for ``settings`` (dotted key -> value) through the one override path;
+        errors point at the line in ``at`` of a key, else where the study sets it, else ``line``."""
+        source = self._source(settings, line, at)
         data = apply_overrides(self.base, [override(k, v) for k, v in settings.items()], source)
         return validate(ExperimentSpec, data, source)
 
@@ -115,13 +132,19 @@ class StudyPlan:
                 self.base, [override(k, v) for k, v in settings.items()], Source(self.source.path)
             )
 
-    def _source(self, settings: Mapping[str, Any], line: int | None) -> _Layered:
+    def _source(
+        self, settings: Mapping[str, Any], line: int | None, at: Mapping[str, int] = {}
+    ) -> _Layered:
         lines = self.source.lines
+        grid = self.spec.grid or {}
         set_at = {}
-        for key in settings:
-            section = "search" if ("search", "params", key) in lines else "grid"
-            at = lines.get((section, "params", key) if section == "search" else ("grid", key))
-            set_at[_as_loc(key)] = at or line or lines.get((), 1)
+        for key, value in settings.items():
+            found = at.get(key)
+            if found is None and key in grid and value in grid[key]:
+                found = lines.get(("grid", key, grid[key].index(value)))  # the value's own line
+            if found is None:
+                found = lines.get(("search", "params", key)) or lines.get(("grid", key))
+            set_at[_as_loc(key)] = found or line or lines.get((), 1)
         fallback = line or lines.get(("grid",)) or lines.get(("search",)) or 1
         return _Layered(self.base_source, self.source.path, set_at, fallback)
 
@@ -137,17 +160,27 @@ class StudyPlan:
 
 def _base(spec: StudySpec, data: dict[str, Any], path: Path, source: Source) -> tuple[dict, Source]:
     if isinstance(spec.base, str):
-        base_path = (path.parent / spec.base).resolve()
+        line = source.lines.get(("base",), 1)
+        shown = shorten(spec.base)
+        base_path = path.parent / spec.base
         if not base_path.is_file():
-            line = source.lines.get(("base",), 1)
             raise SpecError(
                 [
-                    f"{path}:{line}: base: no such spec file {spec.base!r} (relative "
+                    f"{path}:{line}: base: no such spec file {shown!r} (relative "
                     f"to the study file): check the path"
                 ]
             )
-        base_data, base_source = read_yaml(base_path)
-        base_source.path = str(path.parent / spec.base)
+        try:
+            base_data, base_source = read_yaml(base_path)
+        except SpecError as exc:  # name the study too: the base may be shared by several
+            raise SpecError([f"{m} [base of {path}:{line}]" for m in exc.messages]) from None
+        if "base" in base_data:
+            raise SpecError(
+                [
+                    f"{path}:{line}: base: {shown!r} is a study file: base must be an experiment "
+                    "spec (studies do not nest)"
+                ]
+            )
         return base_data, base_source
     lines = {loc[1:]: n for loc, n in source.lines.items() if loc[:1] == ("base",)}
     return data["base"], Source(source.path, lines)
@@ -157,7 +190,8 @@ def _check_objectives(plan: StudyPlan, spec: ExperimentSpec, where: str) -> list
     problems = []
     for index, objective in enumerate(plan.spec.objectives):
         if objective.metric in BASELINE_METRICS and not spec.eval.baselines:
-            line = plan.source.lines.get(("objectives", index), 1)
+            lines = plan.source.lines
+            line = lines.get(("objectives", index, "metric")) or lines.get(("objectives", index), 1)
             problems.append(
                 f"{plan.source.path}:{line}: objectives.{index}.metric: {objective.metric} needs "
                 f"eval.baselines: true{where}"
@@ -174,22 +208,32 @@ def _check_search(plan: StudyPlan, search: SearchSpec) -> list[str]:
     for key, param in search.params.items():
         line = plan.source.lines.get(("search", "params", key), 1)
         condition = {}
+        lines = plan.source.lines
+        at_when: dict[str, int] = {}
         for k, v in (param.when or {}).items():
+            when_line = lines.get(("search", "params", key, "when", k), line)
+            at_when[k] = when_line
             condition[k] = v[0] if isinstance(v, list) and v else v
             try:
                 if k not in earlier:
                     lookup(resolved, k)
             except KeyError:
                 problems.append(
-                    f"{plan.source.path}:{line}: search.params.{key}.when: {k!r} is neither an "
-                    "earlier parameter nor a key of the base spec"
+                    f"{plan.source.path}:{when_line}: search.params.{shorten(key)}.when."
+                    f"{shorten(k)}: neither an earlier parameter nor a key of the base spec"
                 )
         earlier.append(key)
-        values = param.choices if param.type == "categorical" else [param.low, param.high]
-        for value in values or []:
+        if param.type == "categorical":
+            named: list[tuple[Loc, Any]] = [
+                (("choices", i), c) for i, c in enumerate(param.choices or [])
+            ]
+        else:
+            named = [(("low",), param.low), (("high",), param.high)]
+        for where, value in named:
             shown = int(value) if param.type == "int" and value is not None else value
+            value_line = lines.get(("search", "params", key, *where), line)
             try:
-                plan.experiment({**condition, key: shown}, line)
+                plan.experiment({**condition, key: shown}, line, {**at_when, key: value_line})
             except SpecError as exc:
                 problems.extend(exc.messages)
     return problems

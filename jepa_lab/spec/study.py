@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
-from jepa_lab.spec.base import Spec, shorten
+from jepa_lab.spec.base import FieldError, Spec, check_path, shorten
 
 Metric = Literal[
     "diag/pred_loss",
@@ -44,7 +44,9 @@ class ObjectiveSpec(Spec):
     direction: Literal["minimize", "maximize"] = Field(description="Which way is better.")
     reference: float = Field(
         description="This objective's coordinate of the hypervolume reference point: a value "
-        "worse than any trial of interest. Fixed in the file so hypervolumes stay comparable."
+        "worse than any trial of interest. Fixed in the file so hypervolumes stay comparable. "
+        "Finite (like every float of a spec): a NaN or infinite reference makes every "
+        "hypervolume meaningless."
     )
 
 
@@ -72,9 +74,13 @@ class SamplerSpec(Spec):
     @model_validator(mode="after")
     def _fields_of_kind(self) -> SamplerSpec:
         if self.kind != "nsga2" and "population_size" in self.model_fields_set:
-            raise ValueError(f"population_size is an nsga2 setting, not {self.kind}")
+            raise FieldError(
+                f"population_size is an nsga2 setting, not {self.kind}", "population_size"
+            )
         if self.kind not in ("tpe", "gp") and "n_startup_trials" in self.model_fields_set:
-            raise ValueError(f"n_startup_trials is a tpe/gp setting, not {self.kind}")
+            raise FieldError(
+                f"n_startup_trials is a tpe/gp setting, not {self.kind}", "n_startup_trials"
+            )
         return self
 
 
@@ -102,26 +108,30 @@ class ParamSpec(Spec):
     def _domain(self) -> ParamSpec:
         if self.type == "categorical":
             if self.choices is None:
-                raise ValueError("a categorical parameter needs choices: [...]")
+                raise FieldError("a categorical parameter needs choices: [...]", "type")
             extra = [n for n in ("low", "high", "log", "step") if n in self.model_fields_set]
             if extra:
-                raise ValueError(f"{', '.join(extra)}: not for a categorical parameter")
+                raise FieldError(f"{', '.join(extra)}: not for a categorical parameter", extra[0])
             texts = [json.dumps(c, sort_keys=True) for c in self.choices]
             if len(set(texts)) != len(texts):
-                raise ValueError("choices must be distinct")
+                raise FieldError("choices must be distinct", "choices")
             return self
         if self.choices is not None:
-            raise ValueError(f"choices: not for a {self.type} parameter (use low/high)")
+            raise FieldError(f"choices: not for a {self.type} parameter (use low/high)", "choices")
         if self.low is None or self.high is None:
-            raise ValueError(f"a {self.type} parameter needs low and high")
+            raise FieldError(f"a {self.type} parameter needs low and high", "type")
         if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
-            raise ValueError(f"need finite low < high, got [{self.low}, {self.high}]")
+            raise FieldError(f"need finite low < high, got [{self.low}, {self.high}]", "high")
         if self.log and (self.low <= 0 or self.step is not None):
-            raise ValueError("log scale needs low > 0 and no step")
+            at = "low" if self.low <= 0 else "step"
+            raise FieldError("log scale needs low > 0 and no step", at)
         if self.type == "int" and not all(
             float(v).is_integer() for v in (self.low, self.high, self.step or 1)
         ):
-            raise ValueError("an int parameter needs integer low, high and step")
+            name = next(
+                n for n in ("low", "high", "step") if not float(getattr(self, n) or 1).is_integer()
+            )
+            raise FieldError("an int parameter needs integer low, high and step", name)
         return self
 
     def contains(self, value: Any) -> bool:
@@ -147,6 +157,15 @@ class SearchSpec(Spec):
     )
 
 
+def _base_kind(value: Any) -> Any:
+    # one message for either form, rather than one per member of the union
+    if isinstance(value, str):
+        return check_path(value)
+    if not isinstance(value, dict):
+        raise ValueError("base must be an experiment spec file's path or an inline spec mapping")
+    return value
+
+
 class StudySpec(Spec):
     """A study: a base experiment, what varies (grid and/or search) and what is optimised."""
 
@@ -155,9 +174,9 @@ class StudySpec(Spec):
         description="Study name: the Optuna study and the MLflow experiment are called this.",
     )
     description: str = Field("", max_length=2000, description="Free text, for humans.")
-    base: str | dict[str, Any] = Field(
-        description="The base experiment: an inline spec mapping, or a spec file path relative "
-        "to this study file."
+    base: Annotated[str | dict[str, Any], BeforeValidator(_base_kind)] = Field(
+        description="The base experiment: an inline spec mapping, or an experiment spec file's "
+        "path relative to this study file (not another study file)."
     )
     overrides: dict[DottedKey, Any] = Field(
         default_factory=dict, description="Dotted keys set on the base for every trial."
@@ -182,48 +201,54 @@ class StudySpec(Spec):
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
         if self.grid is None and self.search is None:
-            raise ValueError("a study needs a grid, a search, or both")
+            raise FieldError("a study needs a grid, a search, or both", "grid")
         metrics = [o.metric for o in self.objectives]
         if len(set(metrics)) != len(metrics):
-            raise ValueError("objectives: each metric may appear once")
+            index = next(i for i, m in enumerate(metrics) if m in metrics[:i])
+            raise FieldError("each metric may appear once", ("objectives", index, "metric"))
         if self.seeds is not None:
             if self.grid is None or self.search is not None:
-                raise ValueError("seeds: only for grid-only studies (a search trial is one seed)")
+                raise FieldError("only for grid-only studies (a search trial is one seed)", "seeds")
             if len(set(self.seeds)) != len(self.seeds) or not all(
                 0 <= s <= 2**31 - 1 for s in self.seeds
             ):
-                raise ValueError("seeds must be distinct, in [0, 2**31 - 1]")
+                raise FieldError("seeds must be distinct, in [0, 2**31 - 1]", "seeds")
         for key, values in (self.grid or {}).items():
             if key == "seed":
-                raise ValueError("grid: use seeds: [...] rather than a grid key 'seed'")
+                raise FieldError("use seeds: [...] rather than a grid key 'seed'", ("grid", key))
             if not values:
-                raise ValueError(f"grid.{key}: needs at least one value")
+                raise FieldError("needs at least one value", ("grid", key))
             texts = [json.dumps(v, sort_keys=True) for v in values]
             if len(set(texts)) != len(texts):
-                raise ValueError(f"grid.{key}: values must be distinct")
+                raise FieldError("values must be distinct", ("grid", key))
         if self.grid is not None and self.search is not None:
             for key, values in self.grid.items():
                 param = self.search.params.get(key)
                 if param is None:
-                    raise ValueError(
-                        f"grid.{key}: with a search, grid cells seed it, so every grid key must "
-                        "be a search parameter"
+                    raise FieldError(
+                        "with a search, grid cells seed it, so every grid key must be a search "
+                        "parameter",
+                        ("grid", key),
                     )
                 bad = [v for v in values if not param.contains(v)]
                 if bad:
-                    raise ValueError(f"grid.{key}: {shorten(bad)} outside search.params.{key}")
+                    raise FieldError(
+                        f"{shorten(bad)} outside search.params.{shorten(key)}", ("grid", key)
+                    )
             if self.n_cells > self.search.n_trials:
-                raise ValueError(
+                raise FieldError(
                     f"the grid's {self.n_cells} cells exceed search.n_trials "
-                    f"{self.search.n_trials} (the total, grid cells included)"
+                    f"{self.search.n_trials} (the total, grid cells included)",
+                    ("search", "n_trials"),
                 )
-        for key in [
-            *self.overrides,
-            *(self.grid or {}),
-            *(self.search.params if self.search else {}),
-        ]:
-            if key == "seed" and self.seeds is not None:
-                raise ValueError("seed: set by seeds: [...] in this study")
+        sections: list[tuple[str | int, ...]] = [
+            *(("overrides", k) for k in self.overrides),
+            *(("grid", k) for k in self.grid or {}),
+            *(("search", "params", k) for k in (self.search.params if self.search else {})),
+        ]
+        for loc in sections:
+            if loc[-1] == "seed" and self.seeds is not None:
+                raise FieldError("seed: set by seeds: [...] in this study", loc)
         return self
 
     @property

@@ -201,9 +201,9 @@ def test_study_errors_are_located_at_the_study_files_lines(tmp_path: Path) -> No
     bad = write_study(tmp_path, "bad1", grid={"model.dim": [32, 33]}, seeds=[0, 1])
     with pytest.raises(SpecError) as info:
         load_study(bad)
-    line = bad.read_text().splitlines().index("  model.dim:") + 1
+    line = bad.read_text().splitlines().index("  - 33") + 1  # the grid value itself
     [message] = info.value.messages  # once, though two seeds share the cell
-    assert message.startswith(f"{bad}:{line}: model: heads (2) must divide dim (33)")
+    assert message.startswith(f"{bad}:{line}: model.dim: heads (2) must divide dim (33)")
     assert message.endswith("[grid cell model.dim=33]")
     bad = write_study(
         tmp_path,
@@ -228,13 +228,13 @@ def test_study_errors_are_located_at_the_study_files_lines(tmp_path: Path) -> No
     with pytest.raises(SpecError) as info:
         load_study(bad)
     lines = bad.read_text().splitlines()
-    line_of = {key: lines.index(f"    {key}:") + 1 for key in ("strategy.lambda", "mask.ratio")}
+    # at the bound that makes the bad value, not the parameter's first line
+    lambda_at = lines.index("      high: 2.0", lines.index("    strategy.lambda:")) + 1
+    ratio_at = lines.index("      low: 0.01", lines.index("    mask.ratio:")) + 1
     messages = "\n".join(info.value.messages)
-    lambda_line = f"bad2.yaml:{line_of['strategy.lambda']}: strategy.lambda: "
+    lambda_line = f"bad2.yaml:{lambda_at}: strategy.lambda: "
     assert lambda_line + "Input should be less than or equal to 1 (got 2.0)" in messages
-    assert (
-        f"bad2.yaml:{line_of['mask.ratio']}: (top level): mask.ratio 0.01 on a 4x4 grid" in messages
-    )
+    assert f"bad2.yaml:{ratio_at}: mask.ratio: mask.ratio 0.01 on a 4x4 grid" in messages
 
 
 # ------------------------------------------------------------------------- unit pieces
