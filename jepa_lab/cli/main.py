@@ -114,7 +114,7 @@ def train(
         raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
     main_rank = os.environ.get("RANK", "0") == "0"  # only rank 0 logs, writes and prints
     track = track and main_rank
-    uri = store_uri(tracking_uri) if track or from_run else None
+    uri = store_uri(tracking_uri, write=track, no_track=True) if track or from_run else None
     if from_run is not None:
         assert uri is not None
         spec = spec_from_run(uri, from_run, overrides)
@@ -278,7 +278,7 @@ def runs_list(
     from jepa_lab.track.reader import recent_runs
     from jepa_lab.track.store import TrackingError, redact
 
-    uri = store_uri(tracking_uri)
+    uri = store_uri(tracking_uri, write=False)
     try:
         runs = recent_runs(uri, experiment, limit)
     except TrackingError as exc:
