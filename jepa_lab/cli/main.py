@@ -114,7 +114,7 @@ def train(
         raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
     main_rank = os.environ.get("RANK", "0") == "0"  # only rank 0 logs, writes and prints
     track = track and main_rank
-    uri = store_uri(tracking_uri) if track or from_run else None
+    uri = store_uri(tracking_uri, write=track, no_track=True) if track or from_run else None
     if from_run is not None:
         assert uri is not None
         spec = spec_from_run(uri, from_run, overrides)
@@ -213,8 +213,14 @@ def validate(
 @app.command()
 def ui(
     host: Annotated[
-        str, typer.Option(help="Interface to bind (0.0.0.0 exposes it).")
+        str, typer.Option(help="Interface to bind (another than loopback needs --expose).")
     ] = "127.0.0.1",
+    expose: Annotated[
+        bool,
+        typer.Option(
+            "--expose", help="Allow a --host other than loopback (MLflow has no authentication)."
+        ),
+    ] = False,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5000,
     backend_store_uri: Annotated[
         str | None,
@@ -223,20 +229,43 @@ def ui(
     workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
 ) -> None:
     """Serve the MLflow UI on the project's store until Ctrl-C."""
+    import ipaddress
     import signal
     import socket
+    import tempfile
 
     from jepa_lab.track import server as mlflow_server
     from jepa_lab.track import store
 
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if not loopback and not expose:
+        fail(
+            f"--host {host} would serve the MLflow UI beyond this machine, and MLflow has no "
+            "authentication: add --expose to do it anyway, or keep the default 127.0.0.1"
+        )
+    if not loopback:
+        print(
+            f"warning: serving on {host}: MLflow has no authentication, so anyone who reaches "
+            "this port can read and change every run",
+            file=sys.stderr,
+        )
     with socket.socket() as probe:
         probe.settimeout(1)
-        if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
+        try:
+            taken = probe.connect_ex((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port))
+        except OSError as exc:  # an unknown host name
+            fail(f"--host {host}: {exc}: give an address or a name this machine resolves")
+        if taken == 0:
             fail(f"port {port} on {host} is already in use: pick another with --port")
     uri = backend_store_uri or store.default_uri()
     if uri.startswith("sqlite:"):
         uri = store.resolve_uri(uri)
     log = store.home() / "mlflow-server.log"
+    if not os.access(next(p for p in (log.parent, *log.parents) if p.exists()), os.W_OK):
+        log = Path(tempfile.mkdtemp(prefix="jepa-lab-ui-")) / log.name  # a read-only store
     url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     try:
         server = mlflow_server.start_server(uri, host, port, workers, log)
@@ -249,7 +278,7 @@ def ui(
     signal.signal(signal.SIGTERM, terminate)  # `kill` stops the server as Ctrl-C does
     try:
         mlflow_server.wait_for_server(url, server, timeout=120, log=log)
-        print(f"MLflow UI: {url}  (store: {uri}; Ctrl-C stops it)", flush=True)
+        print(f"MLflow UI: {url}  (store: {store.redact(uri)}; Ctrl-C stops it)", flush=True)
         server.wait()
     except store.TrackingError as exc:
         fail(str(exc))
@@ -278,7 +307,7 @@ def runs_list(
     from jepa_lab.track.reader import recent_runs
     from jepa_lab.track.store import TrackingError, redact
 
-    uri = store_uri(tracking_uri)
+    uri = store_uri(tracking_uri, write=False)
     try:
         runs = recent_runs(uri, experiment, limit)
     except TrackingError as exc:

@@ -46,19 +46,23 @@ FailFastOption = Annotated[
 
 def fail(lines: list[str] | str, code: int = 2) -> NoReturn:
     """Print each problem on its own line to stderr (no markup, no traceback) and exit."""
+    from jepa_lab.track.redact import redact_text  # no password of a URL reaches the terminal
+
     for line in [lines] if isinstance(lines, str) else lines:
-        print(f"error: {line}", file=sys.stderr)
+        print(f"error: {redact_text(line)}", file=sys.stderr)
     raise typer.Exit(code)
 
 
-def store_uri(tracking_uri: str | None) -> str:
+def store_uri(tracking_uri: str | None, *, write: bool = True, no_track: bool = False) -> str:
     """The resolved tracking URI after a fast preflight of its store (seconds, before the spec
-    and torch load: an unreachable server fails at once); a tracking error is one line, exit 2."""
+    and torch load: an unreachable server fails at once); a tracking error is one line, exit 2.
+    ``write=False`` for commands that only read (a read-only store will do); ``no_track`` for
+    the one command (train) whose hint may suggest --no-track."""
     from jepa_lab.track.store import TrackingError, check_store, resolve_uri
 
     try:
         uri = resolve_uri(tracking_uri)
-        check_store(uri)
+        check_store(uri, write=write, no_track=no_track)
     except TrackingError as exc:
         fail(str(exc))
     return uri

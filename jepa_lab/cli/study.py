@@ -49,7 +49,7 @@ def _session(
     from jepa_lab.study.storage import StudyError, resolve_storage
     from jepa_lab.track.store import TrackingError
 
-    uri = store_uri(tracking_uri)
+    uri = store_uri(tracking_uri, write=create)
     try:
         where = resolve_storage(storage, uri, plan.name)
         if not create and where.kind == "journal" and not Path(where.url).is_file():

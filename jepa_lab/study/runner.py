@@ -88,12 +88,12 @@ def open_session(
     """Open the study, creating it, its MLflow experiment and parent run if absent, and retire
     trials of dead workers. Idempotent, and safe from several processes at once.
     ``create=False`` only reads (status, export, plot): the study must exist."""
-    session = Session(plan, storage, uri)
+    session = Session(plan, storage, uri, read_only=not create)
 
     def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
         _retry(session, trial, "no heartbeat", failed=True)
 
-    session.optuna_storage = open_storage(storage, on_stale)
+    session.optuna_storage = open_storage(storage, on_stale, read_only=not create)
     directions = [o.direction for o in plan.spec.objectives]
     with session.lock():
         names = {s.study_name for s in optuna.get_all_study_summaries(session.optuna_storage)}

@@ -26,10 +26,13 @@ class Session:
     uri: str
     experiment_id: str = ""
     parent_run_id: str = ""
+    read_only: bool = False  # status, export, plot: nothing is written, locked or created
     study: optuna.Study = field(init=False)
     optuna_storage: BaseStorage = field(init=False)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
+        if self.read_only:  # a reader decides nothing: no claim lock (no lock file either)
+            return contextlib.nullcontext()
         return claim_lock(self.storage, self.plan.name)
 
     def trials(self) -> list[FrozenTrial]:

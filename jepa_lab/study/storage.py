@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 import socket
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial
 
 from jepa_lab.track.filelock import exclusive
+from jepa_lab.track.redact import redact, redact_text
 
 STORAGE_ENV = "JEPA_LAB_STORAGE"
 HEARTBEAT_S = 10  # PostgreSQL: seconds between a running trial's heartbeats
@@ -51,7 +51,7 @@ class Storage:
     @property
     def shown(self) -> str:
         """The URL without a password (safe to print and log)."""
-        return re.sub(r"(://[^:/@]*):[^/]*@", r"\1:***@", self.url)
+        return redact(self.url)
 
     @property
     def heartbeat(self) -> bool:
@@ -93,6 +93,19 @@ def _pg_driver(scheme: str) -> str:
     if importlib.util.find_spec("psycopg") is not None:
         return "postgresql+psycopg"
     return "postgresql+psycopg2"
+
+
+class _ReadOnlyLock(JournalFileOpenLock):
+    """The journal lock of a session that only reads: taking it (to write) is a bug."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def acquire(self) -> bool:
+        raise StudyError(f"{self._path} was opened read-only (status, export, plot): not written")
+
+    def release(self) -> None:
+        pass
 
 
 class _FlockLock(JournalFileOpenLock):
@@ -158,11 +171,34 @@ def claim_lock(storage: Storage, study: str) -> contextlib.AbstractContextManage
     return exclusive(path.with_name(f".{path.name}.{study}.claim"))
 
 
+def _read_only(storage: Storage) -> BaseStorage:
+    """The storage opened for reading only: no file created, locked or repaired, so an archived
+    (read-only) study reads, and reading a study that does not exist leaves nothing behind."""
+    if storage.kind == "postgresql":
+        return RDBStorage(storage.url)
+    path = Path(storage.url.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve()
+    if not path.is_file():
+        raise StudyError(
+            f"no study storage at {path}: start a study there with `jepa-lab run`, or check "
+            "--storage"
+        )
+    if storage.kind == "journal":
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=_ReadOnlyLock(str(path))))
+    # SQLite's own read-only mode: the database file is opened, never written or created.
+    return RDBStorage(f"sqlite:///file:{path}?mode=ro&uri=true")
+
+
 def open_storage(
-    storage: Storage, on_stale: Callable[[optuna.Study, FrozenTrial], None]
+    storage: Storage,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None],
+    *,
+    read_only: bool = False,
 ) -> BaseStorage:
-    """The Optuna storage; PostgreSQL gets heartbeats whose stale trials go to ``on_stale``."""
+    """The Optuna storage; PostgreSQL gets heartbeats whose stale trials go to ``on_stale``.
+    ``read_only``: for status, export and plot (see :func:`_read_only`)."""
     try:
+        if read_only:
+            return _read_only(storage)
         if storage.kind == "journal":
             path = Path(storage.url)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,10 +216,10 @@ def open_storage(
                 heartbeat_stale_trial_callback=on_stale,
             )
     except (OSError, ImportError) as exc:
-        raise StudyError(f"storage {storage.shown}: {exc}") from exc
+        raise StudyError(f"storage {storage.shown}: {redact_text(str(exc))}") from exc
     except Exception as exc:  # SQLAlchemy's connection errors, without importing it eagerly
         if type(exc).__module__.startswith("sqlalchemy"):
-            text = " ".join(str(exc).split())[:300]
+            text = redact_text(" ".join(str(exc).split()))[:300]
             raise StudyError(f"storage {storage.shown} is unusable: {text}") from exc
         raise
 

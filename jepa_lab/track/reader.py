@@ -67,7 +67,12 @@ def spec_of_run(uri: str, run_id: str) -> dict[str, Any]:
             )
         with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
             path = client.download_artifacts(run_id, SPEC_ARTIFACT, tmp)
-            data = yaml.safe_load(Path(path).read_text())
+            text = Path(path).read_text()
+    try:  # safe_load: a !!python/... tag in a logged spec is refused, never run
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise TrackingError(f"run {run_id}: {SPEC_ARTIFACT} is not plain YAML ({reason})") from exc
     if not isinstance(data, dict):
         raise TrackingError(f"run {run_id}: {SPEC_ARTIFACT} is not a mapping")
     return data

@@ -28,8 +28,8 @@ def start_server(
     backend_uri: str, host: str, port: int, workers: int, log_path: Path
 ) -> subprocess.Popen[bytes]:
     """Start ``mlflow server`` in its own process group (stop it with :func:`stop_server`)."""
-    if backend_uri.startswith("sqlite:"):
-        ensure_store(backend_uri)
+    if backend_uri.startswith("sqlite:") and not sqlite_path(backend_uri).is_file():
+        ensure_store(backend_uri)  # an existing store is only read (it may be read-only)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # The GenAI job runner (extra worker processes) has nothing to do for jepa-lab.
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

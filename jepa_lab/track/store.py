@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from jepa_lab.track.filelock import exclusive
+from jepa_lab.track.redact import redact, redact_text
 
 DEFAULT_HOME = Path(".jepa-lab")
 HOME_ENV = "JEPA_LAB_HOME"
@@ -77,15 +78,6 @@ def resolve_uri(uri: str | None) -> str:
     )
 
 
-def redact(uri: str) -> str:
-    """``uri`` without a user:password part."""
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"***@{parts.hostname}{port}").geturl()
-
-
 def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page in a tracking server's UI (None for a local store)."""
     if not uri.startswith(("http://", "https://")):
@@ -95,15 +87,18 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """``exc``'s message on one line, cut to ``limit`` characters (its type if it has none)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = redact_text(" ".join(str(exc).split())) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_store(uri: str) -> None:
-    """Fast preflight: an http(s) server answers /health, or a SQLite store's folder is usable.
+def check_store(uri: str, *, write: bool = True, no_track: bool = False) -> None:
+    """Fast preflight: an http(s) server answers /health, or a SQLite store's folder is usable
+    (writable with free space if ``write``; a command that only reads works on an archived,
+    read-only store). ``no_track``: the command has a --no-track option to suggest.
 
     Raises :class:`TrackingError` naming the URI and the fix, in seconds, before any training.
     """
+    offline = ", or pass --no-track" if no_track else ""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=CHECK_TIMEOUT_S):
@@ -115,20 +110,22 @@ def check_store(uri: str) -> None:
         except (OSError, ValueError) as exc:  # URLError, refused, timeout
             reason = one_line(getattr(exc, "reason", exc))
         raise TrackingError(
-            f"tracking server {redact(uri)} does not answer ({reason}): start it, fix "
-            "--tracking-uri / MLFLOW_TRACKING_URI, or pass --no-track"
+            f"tracking server {redact(uri)} does not answer ({reason}): start it, or fix "
+            f"--tracking-uri / MLFLOW_TRACKING_URI{offline}"
         )
     db = sqlite_path(uri)
     folder = next(p for p in (db.parent, *db.parents) if p.exists())
     if db.exists() and not db.is_file():
         raise TrackingError(f"tracking store {db} is not a file: remove it or pick another path")
+    if not write:
+        return
     if not os.access(folder, os.W_OK):
         raise TrackingError(f"tracking store folder {folder} is not writable: fix its permissions")
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
         raise TrackingError(
-            f"only {free // 2**20} MiB free on the disk of {db.parent}: free some space, point "
-            f"{HOME_ENV} elsewhere, or pass --no-track"
+            f"only {free // 2**20} MiB free on the disk of {db.parent}: free some space, or "
+            f"point {HOME_ENV} elsewhere{offline}"
         )
 
 

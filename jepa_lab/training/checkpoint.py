@@ -1,7 +1,12 @@
-"""Atomic checkpoints that resume on any world size and load with ``weights_only=True``."""
+"""Atomic checkpoints that resume on any world size and load with ``weights_only=True``.
+
+Each checkpoint carries a SHA-256 of its payload (every tensor's bytes and every other value, in
+a fixed order), so a flipped bit is refused on load instead of resuming from damaged weights.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, TypedDict
@@ -21,7 +26,38 @@ class Records(TypedDict):
 
 
 class CheckpointError(Exception):
-    """A checkpoint is missing, unreadable or belongs to another spec."""
+    """A checkpoint is missing, unreadable, damaged, foreign or belongs to another spec."""
+
+
+# What a jepa-lab checkpoint holds besides its checksum ("records" came later: optional).
+KEYS = ("spec", "spec_digest", "step", "model", "strategy", "optimizer", "rng_cpu")
+CHECKSUM = "sha256"
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Hash ``value`` into ``digest``: mappings by sorted key, tensors by dtype, shape and bytes."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _feed(digest, value[key])
+    elif isinstance(value, list | tuple):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    else:  # int, float, str, bool, None: repr round-trips them exactly
+        digest.update(f"V{type(value).__name__}:{value!r}".encode())
+
+
+def checksum(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint's payload: everything but the checksum itself."""
+    digest = hashlib.sha256()
+    _feed(digest, {key: value for key, value in state.items() if key != CHECKSUM})
+    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -48,6 +84,7 @@ def save_checkpoint(
         "rng_cpu": torch.get_rng_state(),
         "records": records,
     }
+    state[CHECKSUM] = checksum(state)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
@@ -55,13 +92,27 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The raw state of a checkpoint (tensors on the CPU)."""
+    """The raw state of a checkpoint (tensors on the CPU), after checking it is jepa-lab's and
+    undamaged. ``weights_only=True``: a pickled object other than tensors and plain values is
+    refused, never executed."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: nothing to resume (drop --resume)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc.__class__.__name__})") from exc
+    missing = [key for key in (*KEYS, CHECKSUM) if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a jepa-lab checkpoint (no {', '.join(missing)}): remove it or "
+            "start a new run directory"
+        )
+    if state[CHECKSUM] != checksum(state):
+        raise CheckpointError(
+            f"{path} is damaged (its SHA-256 does not match its contents): remove it and start "
+            "again, or resume from a good copy"
+        )
+    return state
 
 
 def load_weights(
