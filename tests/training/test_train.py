@@ -146,9 +146,12 @@ def test_the_probe_beats_chance_on_the_synthetic_set(smoke_path: Path) -> None:
     assert metrics["eval/pixel_probe_acc"] > chance + margin
     assert metrics["eval/random_probe_acc"] > chance
     assert metrics["eval/probe_acc"] > chance
-    # A random-init encoder for every initialisation; the bar is the strongest of them.
-    per_init = [metrics[f"eval/random_{init}_probe_acc"] for init in PATCH_INITS]
-    assert len(per_init) == 2 and metrics["eval/random_probe_acc"] == max(per_init)
+    # A random-init encoder for every initialisation; the bar is the strongest of them, chosen
+    # on validation (tests/eval/test_baselines.py) and reported with its test accuracy.
+    val = {init: metrics[f"eval/random_{init}_probe_val_acc"] for init in PATCH_INITS}
+    chosen = max(PATCH_INITS, key=val.__getitem__)
+    assert len(val) == 2
+    assert metrics["eval/random_probe_acc"] == metrics[f"eval/random_{chosen}_probe_acc"]
     assert metrics["eval/gain_over_random"] == pytest.approx(
         metrics["eval/probe_acc"] - metrics["eval/random_probe_acc"]
     )
