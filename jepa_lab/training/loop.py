@@ -116,13 +116,14 @@ def _probe_curve(
     step: int,
 ) -> float:
     """Probe the model mid-run on rank 0 (``eval.every``) and return the seconds it took; the
-    other ranks wait at the next collective, well inside its timeout."""
-    if not world.is_main:
-        return 0.0
+    other ranks wait for it at a barrier without a short timeout (a probe on many images can
+    outlast the process group's)."""
     began = time.perf_counter()
-    curve = probe_now(spec, data, model, strategy, device)
-    result.curve.append({"step": float(step), **curve})
-    log(curve, step)
+    if world.is_main:
+        curve = probe_now(spec, data, model, strategy, device)
+        result.curve.append({"step": float(step), **curve})
+        log(curve, step)
+    world.wait_for_main()
     return time.perf_counter() - began
 
 
