@@ -86,6 +86,19 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path: Path) -> None:
     assert_close(weights(whole), weights(parts))
 
 
+def test_a_two_rank_run_resumed_between_log_steps_logs_the_same_rows(tmp_path: Path) -> None:
+    """The checkpoint at step 6 (log_every 4) carries the open window averaged over the ranks."""
+    overrides = [*FAST, "strategy.kind=ema"]
+    whole = history(torchrun(2, {"overrides": overrides, "run_dir": str(tmp_path / "whole")}))
+    parts = str(tmp_path / "parts")
+    history(torchrun(2, {"overrides": overrides, "run_dir": parts, "stop_at": 6}))
+    resumed = history(torchrun(2, {"overrides": overrides, "run_dir": parts, "resume": True}))
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole] == [4, 8, 12]
+    for a, b in zip(whole, resumed, strict=True):
+        for key in ("train/loss", "train/loss_pred", "train/lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+
+
 def test_a_probe_slower_than_the_process_group_timeout_completes(tmp_path: Path) -> None:
     """Rank 0 probes mid-run (eval.every) for longer than the collectives' timeout (3 s here,
     120 s by default); rank 1 waits for it at a barrier without that timeout."""
