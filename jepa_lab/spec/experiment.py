@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import math
+from fractions import Fraction
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, Field, model_validator
@@ -75,23 +76,83 @@ def block_shape(scale: float, aspect: float, grid: int) -> tuple[int, int]:
     return min(max(h, 1), grid), min(max(w, 1), grid)
 
 
+# A bound on a positive quantity: (value, strict). Strict bounds come from rounding ties that
+# Python's round sends to the neighbouring (even) integer.
+_Bound = tuple[Fraction, bool]
+
+
+def _side_bounds(k: int, grid: int) -> tuple[_Bound | None, _Bound | None]:
+    """Bounds on (side / grid)^2 where block_shape's clamped rounding of a side gives ``k``.
+
+    round(side) == k on [k - 0.5, k + 0.5]; ties go to the even neighbour, so the endpoints
+    belong to k only when k is even. The clamp removes the lower bound of 1 and the upper bound
+    of ``grid`` (None)."""
+    open_ends = k % 2 == 1
+    low = None if k == 1 else (Fraction(2 * k - 1, 2 * grid) ** 2, open_ends)
+    high = None if k == grid else (Fraction(2 * k + 1, 2 * grid) ** 2, open_ends)
+    return low, high
+
+
+def _times(x: _Bound, y: Fraction | _Bound) -> _Bound:
+    value, strict = y if isinstance(y, tuple) else (y, False)
+    return x[0] * value, x[1] or strict
+
+
+def block_reachable(
+    h: int, w: int, scale: tuple[float, float], aspect: tuple[float, float], grid: int
+) -> bool:
+    """Whether block_shape(s, a, grid) == (h, w) for some s in ``scale`` and a in ``aspect``.
+
+    The sides are grid * sqrt(s * a) and grid * sqrt(s / a), so (h, w) is reached iff some
+    (s, a) in the box has s * a within h's bounds [pl, ph] and s / a within w's [ql, qh].
+    Eliminating a (Fourier-Motzkin, multiplicatively as every bound is positive; a bound built
+    from a strict one is strict) leaves bounds on s, compared squared so the square roots stay
+    exact. Exact in rational arithmetic on the floats given; only where floating-point
+    evaluation of block_shape lands on a rounding tie can the two differ."""
+    s0, s1 = Fraction(scale[0]), Fraction(scale[1])
+    a0, a1 = Fraction(aspect[0]), Fraction(aspect[1])
+    pl, ph = _side_bounds(h, grid)
+    ql, qh = _side_bounds(w, grid)
+    # a lies in [a0, a1], [pl / s, ph / s] and [s / qh, s / ql]: each lower bound on a must lie
+    # below each upper one. Bounds on s, squared: s >= s0, a0 * ql, pl / a1, sqrt(pl * ql) and
+    # s <= s1, ph / a0, a1 * qh, sqrt(ph * qh) (missing bounds are 0 and infinity).
+    lower: list[_Bound] = [(s0 * s0, False)]
+    upper: list[_Bound] = [(s1 * s1, False)]
+    if ql is not None:
+        lower.append(_times(_times(ql, ql), a0 * a0))
+    if pl is not None:
+        lower.append(_times(_times(pl, pl), 1 / (a1 * a1)))
+    if pl is not None and ql is not None:
+        lower.append(_times(pl, ql))
+    if ph is not None:
+        upper.append(_times(_times(ph, ph), 1 / (a0 * a0)))
+    if qh is not None:
+        upper.append(_times(_times(qh, qh), a1 * a1))
+    if ph is not None and qh is not None:
+        upper.append(_times(ph, qh))
+    return all(
+        low < high if low_strict or high_strict else low <= high
+        for low, low_strict in lower
+        for high, high_strict in upper
+    )
+
+
 def max_target_tokens(spec: MultiBlockMaskSpec, grid: int) -> int:
     """Largest target block (in tokens) the spec's scale and aspect ranges can produce.
 
-    Lives with the spec, not the mask sampler, so validating a spec needs no torch."""
+    Exact: integer shapes (h, w) are tested analytically (block_reachable), largest first, so no
+    block is missed between sample points. Lives with the spec, not the mask sampler, so
+    validating a spec needs no torch."""
     return _max_block(spec.target_scale, spec.target_aspect, grid)
 
 
 @functools.lru_cache(maxsize=256)  # a study validates the same mask for every cell and bound
 def _max_block(scale: tuple[float, float], aspect: tuple[float, float], grid: int) -> int:
-    steps = [i / 32 for i in range(33)]
-    (s0, s1), (a0, a1) = scale, aspect
-    return max(
-        h * w
-        for u in steps
-        for v in steps
-        for h, w in [block_shape(s0 + u * (s1 - s0), a0 + v * (a1 - a0), grid)]
+    shapes = sorted(
+        ((h, w) for h in range(1, grid + 1) for w in range(1, grid + 1)),
+        key=lambda shape: -shape[0] * shape[1],
     )
+    return next(h * w for h, w in shapes if block_reachable(h, w, scale, aspect, grid))
 
 
 class MultiBlockMaskSpec(Spec):

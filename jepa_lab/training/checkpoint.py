@@ -23,6 +23,12 @@ class Records(TypedDict):
 
     history: list[dict[str, float]]  # training metrics at log steps
     curve: list[dict[str, float]]  # probe against steps (eval.every)
+    # The open log window: sums of loss, loss_pred, loss_reg (averaged over ranks) and its steps,
+    # so a run resumed between log steps logs the rows an uninterrupted one logs.
+    window: list[float]
+
+
+EMPTY_WINDOW = [0.0, 0.0, 0.0, 0.0]
 
 
 class CheckpointError(Exception):
@@ -143,5 +149,10 @@ def load_checkpoint(
     state = load_weights(path, spec, model, strategy)
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"])
-    # Checkpoints written before records existed resume with an empty history.
-    return int(state["step"]), state.get("records", Records(history=[], curve=[]))
+    # Checkpoints written before records (or their window) existed resume with an empty one.
+    records = state.get("records", {"history": [], "curve": []})
+    return int(state["step"]), Records(
+        history=records["history"],
+        curve=records["curve"],
+        window=list(records.get("window", EMPTY_WINDOW)),
+    )

@@ -2,15 +2,18 @@
 device.
 
 A single process (no ``WORLD_SIZE`` in the environment, or 1) creates no process group and pays
-nothing. Under torchrun every rank joins with a timeout, so a dead peer ends the run with an error
-instead of a hang.
+nothing. Under torchrun every rank joins with a timeout (``JEPA_LAB_DIST_TIMEOUT`` seconds), so a
+dead peer ends the run with an error instead of a hang. Waiting for rank 0's mid-run probe, which
+can take longer than any fixed timeout, goes through a second (gloo) group with a timeout of a day:
+torchrun's agent still ends every rank within seconds when one dies.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,6 +22,25 @@ from jepa_lab.core.strategies import Strategy
 from jepa_lab.core.strategies.sigreg import AllReduce
 
 TIMEOUT = timedelta(seconds=int(os.environ.get("JEPA_LAB_DIST_TIMEOUT", "120")))
+PATIENT_TIMEOUT = timedelta(days=1)  # waiting for rank 0's probe, whatever its size
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the output gradients over ranks: each rank's input
+    feeds every rank's output. (What the deprecated torch.distributed.nn.functional.all_reduce
+    did, on every torch this package supports.)"""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.contiguous().clone()
+        dist.all_reduce(out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -28,6 +50,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    patient: Any = field(default=None, compare=False, repr=False)  # the long-timeout group
 
     @property
     def is_main(self) -> bool:
@@ -45,11 +68,15 @@ class World:
         size = self.size
 
         def reduce(tensor: torch.Tensor) -> torch.Tensor:
-            from torch.distributed.nn.functional import all_reduce
-
-            return all_reduce(tensor) / size
+            return _AllReduceSum.apply(tensor) / size
 
         return reduce
+
+    def wait_for_main(self) -> None:
+        """Every rank waits here until rank 0 arrives (after its probe), with no short timeout;
+        a no-op for one process."""
+        if self.size > 1:
+            dist.barrier(group=self.patient)
 
     def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average ``tensor`` over ranks in place (no autograd); a no-op for one process."""
@@ -97,7 +124,9 @@ def join_world(device: torch.device) -> World:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=TIMEOUT)
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    patient = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)  # a CPU barrier only
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return World(dist.get_rank(), dist.get_world_size(), local_rank, patient)
 
 
 def leave_world(world: World) -> None:

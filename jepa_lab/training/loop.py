@@ -26,7 +26,12 @@ from jepa_lab.data.datasets import Dataset, augment, batch_indices, load_dataset
 from jepa_lab.data.seeds import derive_seed
 from jepa_lab.eval.evaluate import curve_point, evaluate, probe_now
 from jepa_lab.spec.experiment import ExperimentSpec, LossSpec
-from jepa_lab.training.checkpoint import Records, load_checkpoint, save_checkpoint
+from jepa_lab.training.checkpoint import (
+    EMPTY_WINDOW,
+    Records,
+    load_checkpoint,
+    save_checkpoint,
+)
 from jepa_lab.training.distributed import World, checksum, join_world, leave_world, pick_device
 from jepa_lab.training.optim import build_optimizer, lr_at, weight_decay_at
 from jepa_lab.training.provenance import provenance
@@ -111,14 +116,26 @@ def _probe_curve(
     step: int,
 ) -> float:
     """Probe the model mid-run on rank 0 (``eval.every``) and return the seconds it took; the
-    other ranks wait at the next collective, well inside its timeout."""
-    if not world.is_main:
-        return 0.0
+    other ranks wait for it at a barrier without a short timeout (a probe on many images can
+    outlast the process group's)."""
     began = time.perf_counter()
-    curve = probe_now(spec, data, model, strategy, device)
-    result.curve.append({"step": float(step), **curve})
-    log(curve, step)
+    if world.is_main:
+        curve = probe_now(spec, data, model, strategy, device)
+        result.curve.append({"step": float(step), **curve})
+        log(curve, step)
+    world.wait_for_main()
     return time.perf_counter() - began
+
+
+def _open_window(
+    world: World, sums: torch.Tensor, steps: int, first_bad: torch.Tensor, spec: ExperimentSpec
+) -> list[float]:
+    """The open log window for a checkpoint: ``sums`` (3,) averaged over ranks (a collective,
+    so every rank calls it) and its step count. A checkpoint step reads the device anyway; a
+    non-finite loss in the window fails here rather than being saved."""
+    if int(first_bad) >= 0:
+        raise TrainingError(f"loss became non-finite at step {int(first_bad)}: {spec.name}")
+    return [*world.mean_(sums.clone()).tolist(), float(steps)]
 
 
 def train(
@@ -159,7 +176,7 @@ def _run(
     model, strategy = model.to(device), strategy.to(device)
     optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
     checkpoint = options.run_dir / "checkpoint.pt" if options.run_dir else None
-    start, records = 0, Records(history=[], curve=[])
+    start, records = 0, Records(history=[], curve=[], window=list(EMPTY_WINDOW))
     if options.resume and checkpoint is not None:
         start, records = load_checkpoint(checkpoint, spec, model, strategy, optimizer)
     trained: nn.Module = model
@@ -169,7 +186,9 @@ def _run(
     if options.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]
     stop = min(total, options.stop_at or total)
-    sums = torch.zeros(3, device=device)  # loss, loss_pred, loss_reg since the last log
+    # loss, loss_pred, loss_reg summed since the last log (restored mid-window on a resume)
+    sums = torch.tensor(records["window"][:3], device=device)
+    window_steps = int(records["window"][3])
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     result = TrainResult(  # with the rows and curve logged before a resume, if any
         spec, start, history=records["history"], curve=records["curve"],
@@ -177,7 +196,7 @@ def _run(
     )  # fmt: skip
     if spec.eval.every and start == 0:
         _probe_curve(spec, data, model, strategy, device, world, result, log, 0)
-    window_start, window_steps = time.perf_counter(), 0
+    window_start, timed_steps = time.perf_counter(), 0  # throughput: this process's steps
     began = window_start
     for step in range(start, stop):
         lr, wd = lr_at(spec.optim, step, total), weight_decay_at(spec.optim, step, total)
@@ -195,10 +214,12 @@ def _run(
         # A scalar fill: no host-to-device copy, so no sync, in the hot loop.
         first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(loss), step)
         window_steps += 1
+        timed_steps += 1
         done = step + 1
         if world.is_main:
             progress("train", done, total)
-        if done % spec.log_every == 0 or done == stop:
+        # An interruption (stop_at) logs no row: its open window goes into the checkpoint.
+        if done % spec.log_every == 0 or done == total:
             world.mean_(sums)
             if world.disagree(checksum(model) + checksum(strategy)):
                 raise TrainingError(
@@ -215,26 +236,33 @@ def _run(
                 "train/loss_reg": means[2],
                 "train/lr": lr,
                 "train/weight_decay": wd,
-                "train/images_per_second": window_steps * spec.optim.batch_size / elapsed,
+                "train/images_per_second": timed_steps * spec.optim.batch_size / elapsed,
             }
             row |= strategy.metrics(step)
             result.history.append({"step": float(done), **row})
             if world.is_main:
                 log(row, done)
             sums.zero_()
-            window_start, window_steps = time.perf_counter(), 0
+            window_steps = 0
+            window_start, timed_steps = time.perf_counter(), 0
         if spec.eval.every and done % spec.eval.every == 0 and done < total:
             spent = _probe_curve(spec, data, model, strategy, device, world, result, log, done)
             window_start += spent  # probing is not training time
             began += spent
         every = options.checkpoint_every
-        if checkpoint and world.is_main and every and done % every == 0:
-            save_checkpoint(checkpoint, spec, done, model, strategy, optimizer, result.records())
+        if checkpoint and every and done % every == 0:
+            window = _open_window(world, sums, window_steps, first_bad, spec)  # every rank
+            if world.is_main:
+                records = result.records(window)
+                save_checkpoint(checkpoint, spec, done, model, strategy, optimizer, records)
     result.steps = stop
     result.train_seconds = time.perf_counter() - began
     result.images_per_second = (stop - start) * spec.optim.batch_size / result.train_seconds
-    if checkpoint and world.is_main:
-        save_checkpoint(checkpoint, spec, stop, model, strategy, optimizer, result.records())
+    if checkpoint:
+        window = _open_window(world, sums, window_steps, first_bad, spec)  # every rank
+        if world.is_main:
+            records = result.records(window)
+            save_checkpoint(checkpoint, spec, stop, model, strategy, optimizer, records)
     if stop < total:
         result.completed = False
         return result

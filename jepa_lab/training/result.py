@@ -24,9 +24,10 @@ class TrainResult:
     images_per_second: float = 0.0
     completed: bool = True
 
-    def records(self) -> Records:
-        """The logged rows and the probe curve: what a checkpoint keeps for a resumed run."""
-        return {"history": self.history, "curve": self.curve}
+    def records(self, window: list[float]) -> Records:
+        """The logged rows, the probe curve and the open log ``window`` (Records): what a
+        checkpoint keeps for a resumed run."""
+        return {"history": self.history, "curve": self.curve, "window": window}
 
     def to_dict(self) -> dict[str, Any]:
         """The result as written to result.json and logged to MLflow."""

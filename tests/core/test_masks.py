@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from jepa_lab.core.masks import sample_masks
 from jepa_lab.spec.experiment import (
     MultiBlockMaskSpec,
     RandomMaskSpec,
+    block_reachable,
     block_shape,
     max_target_tokens,
 )
@@ -90,3 +92,71 @@ def test_random_masks_split_the_grid(ratio: float) -> None:
 def test_block_shape_is_clamped_to_the_grid() -> None:
     assert block_shape(1.0, 4.0, 7) == (7, 4)
     assert block_shape(0.01, 1.0, 7) == (1, 1)
+
+
+def _sampled_shapes(
+    scale: tuple[float, float], aspect: tuple[float, float], grid: int, n: int = 1201
+) -> set[tuple[int, int]]:
+    """Brute force: block_shape's (h, w) on an n x n log-spaced lattice of (scale, aspect).
+
+    numpy rounds ties to even, as Python's round does, so this is block_shape vectorised."""
+    s = np.geomspace(*scale, n)[:, None]
+    a = np.geomspace(*aspect, n)[None, :]
+    area = s * grid * grid
+    h = np.clip(np.round(np.sqrt(area * a)), 1, grid).astype(int)
+    w = np.clip(np.round(np.sqrt(area / a)), 1, grid).astype(int)
+    codes = np.unique(h * (grid + 1) + w)
+    return {(int(code) // (grid + 1), int(code) % (grid + 1)) for code in codes}
+
+
+def _reachable(
+    scale: tuple[float, float], aspect: tuple[float, float], grid: int
+) -> set[tuple[int, int]]:
+    return {
+        (h, w)
+        for h in range(1, grid + 1)
+        for w in range(1, grid + 1)
+        if block_reachable(h, w, scale, aspect, grid)
+    }
+
+
+def test_max_target_tokens_finds_the_block_a_coarse_lattice_missed() -> None:
+    """Grid 7, scale 0.1 to 0.6, aspect 0.3 to 3: a 7x5 block (35 tokens) is reachable; the old
+    33x33 lattice of (scale, aspect) saw at most 30."""
+    spec = MultiBlockMaskSpec(
+        scheme="multiblock", target_scale=(0.1, 0.6), target_aspect=(0.3, 3.0)
+    )
+    assert max_target_tokens(spec, 7) == 35
+    assert block_reachable(7, 5, (0.1, 0.6), (0.3, 3.0), 7)
+    assert block_shape(0.6, 1.45, 7) == (7, 5)
+
+
+def test_exact_block_set_matches_a_brute_force_over_scale_and_aspect() -> None:
+    rng = np.random.default_rng(0)
+    cases: list[tuple[int, tuple[float, float], tuple[float, float]]] = [
+        (7, (0.1, 0.6), (0.3, 3.0)),
+        (4, (0.15, 0.2), (0.75, 1.5)),
+        (8, (0.15, 0.2), (0.75, 1.5)),
+        (14, (0.15, 0.2), (0.75, 1.5)),
+        (4, (0.25, 0.35), (0.75, 1.5)),
+        (5, (0.01, 1.0), (0.1, 10.0)),
+    ]
+    for _ in range(40):
+        grid = int(rng.integers(2, 17))
+        s = np.sort(rng.uniform(0.01, 1.0, 2))
+        a = np.sort(np.exp(rng.uniform(np.log(0.2), np.log(5.0), 2)))
+        cases.append((grid, (float(s[0]), float(s[1])), (float(a[0]), float(a[1]))))
+    for grid, scale, aspect in cases:
+        exact, sampled = _reachable(scale, aspect, grid), _sampled_shapes(scale, aspect, grid)
+        assert exact == sampled, (grid, scale, aspect, exact ^ sampled)
+        spec = MultiBlockMaskSpec(scheme="multiblock", target_scale=scale, target_aspect=aspect)
+        assert max_target_tokens(spec, grid) == max(h * w for h, w in sampled)
+
+
+def test_a_degenerate_range_gives_block_shapes_own_block() -> None:
+    # (5, 0.25, 1.0) is a rounding tie: both sides are exactly 2.5, which rounds to 2.
+    ties = [(5, 0.25, 1.0), (7, 0.25, 1.0)]
+    for grid, s, a in [(7, 0.2, 1.0), (8, 0.15, 0.75), (14, 0.37, 2.2), (5, 0.3, 0.5), *ties]:
+        spec = MultiBlockMaskSpec(scheme="multiblock", target_scale=(s, s), target_aspect=(a, a))
+        h, w = block_shape(s, a, grid)
+        assert max_target_tokens(spec, grid) == h * w

@@ -1,6 +1,7 @@
 """Run under torchrun by test_distributed.py: train the smoke spec with test-only options.
 
-argv[1] is a JSON object: overrides, run_dir, stop_at, resume, fail_rank, fail_step.
+argv[1] is a JSON object: overrides, run_dir, stop_at, resume, fail_rank, fail_step, probe_sleep
+(seconds rank 0's mid-run probe is slowed by).
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ if args.get("fail_rank") == rank:
         return real(*a, **k)
 
     trainer.jepa_losses = failing  # type: ignore[assignment]
+
+if args.get("probe_sleep") and rank == 0:
+    import time
+
+    import jepa_lab.training.loop as trainer
+
+    real_probe = trainer.probe_now
+
+    def slow_probe(*a, **k):  # type: ignore[no-untyped-def]
+        time.sleep(args["probe_sleep"])
+        return real_probe(*a, **k)
+
+    trainer.probe_now = slow_probe  # type: ignore[assignment]
 
 spec = load(ExperimentSpec, STUDIES / "smoke.yaml", args["overrides"])
 options = TrainOptions(

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 from jepa_lab.core.strategies.sigreg import sigreg, sigreg_directions
 from jepa_lab.training.checkpoint import read_checkpoint
+from jepa_lab.training.distributed import World
 
 from ..conftest import REPO
 
@@ -23,15 +24,17 @@ pytestmark = pytest.mark.slow
 FAST = ["optim.steps=12", "log_every=4", "eval.baselines=false", "eval.probe_train=64"]
 
 
-def torchrun(nproc: int, args: dict, timeout: float = 240) -> subprocess.CompletedProcess:
+def torchrun(
+    nproc: int, args: dict, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
         str(REPO / "tests" / "training" / "dist_script.py"), json.dumps(args),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+        command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=REPO
     )
 
 
@@ -83,6 +86,30 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path: Path) -> None:
     assert_close(weights(whole), weights(parts))
 
 
+def test_a_two_rank_run_resumed_between_log_steps_logs_the_same_rows(tmp_path: Path) -> None:
+    """The checkpoint at step 6 (log_every 4) carries the open window averaged over the ranks."""
+    overrides = [*FAST, "strategy.kind=ema"]
+    whole = history(torchrun(2, {"overrides": overrides, "run_dir": str(tmp_path / "whole")}))
+    parts = str(tmp_path / "parts")
+    history(torchrun(2, {"overrides": overrides, "run_dir": parts, "stop_at": 6}))
+    resumed = history(torchrun(2, {"overrides": overrides, "run_dir": parts, "resume": True}))
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole] == [4, 8, 12]
+    for a, b in zip(whole, resumed, strict=True):
+        for key in ("train/loss", "train/loss_pred", "train/lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+
+
+def test_a_probe_slower_than_the_process_group_timeout_completes(tmp_path: Path) -> None:
+    """Rank 0 probes mid-run (eval.every) for longer than the collectives' timeout (3 s here,
+    120 s by default); rank 1 waits for it at a barrier without that timeout."""
+    overrides = [*FAST, "eval.every=4"]
+    args = {"overrides": overrides, "run_dir": str(tmp_path), "probe_sleep": 6}
+    done = torchrun(2, args, env={"JEPA_LAB_DIST_TIMEOUT": "3"})
+    assert [row["step"] for row in history(done)] == [4, 8, 12]
+    result = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert [point["step"] for point in result["records"]["curve"]] == [0, 4, 8]
+
+
 def test_a_failing_rank_stops_the_run_with_its_error(tmp_path: Path) -> None:
     args = {"overrides": [*FAST, "optim.steps=400"], "run_dir": str(tmp_path),
             "fail_rank": 1, "fail_step": 3}  # fmt: skip
@@ -97,11 +124,10 @@ def _sigreg_rank(rank: int, port: int, z: torch.Tensor, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        from torch.distributed.nn.functional import all_reduce
-
         half = z.chunk(2)[rank].clone().requires_grad_(True)
         directions = sigreg_directions(z.shape[1], 64, step=3)
-        value = sigreg(half, directions, all_reduce_mean=lambda t: all_reduce(t) / 2, world_size=2)
+        mean = World(rank, 2).all_reduce_mean()
+        value = sigreg(half, directions, all_reduce_mean=mean, world_size=2)
         value.backward()
         out[rank] = (value.detach(), half.grad)
     finally:

@@ -57,14 +57,39 @@ def test_resumed_run_ends_with_the_same_weights(smoke_path: Path, tmp_path: Path
     assert not partial.completed and read_checkpoint(parts / "checkpoint.pt")["step"] == 13
     resumed = train(spec, options=TrainOptions(run_dir=parts, device="cpu", resume=True))
     # The resumed run's result holds what was logged before the interruption too: every log
-    # row (plus the one the interruption closed at step 13) and the whole probe curve.
+    # row (the interruption at step 13 logs none) and the whole probe curve.
     steps = [row["step"] for row in uninterrupted.history]
-    assert [row["step"] for row in resumed.history] == sorted([*steps, 13.0])
+    assert [row["step"] for row in resumed.history] == steps
     assert len(resumed.curve) > 2 and resumed.curve == uninterrupted.curve
     a, b = read_checkpoint(whole / "checkpoint.pt"), read_checkpoint(parts / "checkpoint.pt")
     for key in ("model", "strategy"):
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+
+
+@pytest.mark.parametrize("kind", ["ema", "sigreg"])
+def test_a_resumed_run_logs_the_history_of_an_uninterrupted_one(
+    smoke_path: Path, tmp_path: Path, kind: str
+) -> None:
+    """Interrupted twice between log steps (13 and 22, log_every 5), the resumed run's rows
+    equal the whole run's: the open window's loss sums travel in the checkpoint, and an
+    interruption adds no row. Only throughput (timing) differs."""
+    spec = smoke(smoke_path, *STRATEGIES[kind], "log_every=5")
+    whole = train(spec, options=TrainOptions(run_dir=tmp_path / "whole", device="cpu"))
+    parts = tmp_path / "parts"
+    train(spec, options=TrainOptions(run_dir=parts, device="cpu", stop_at=13))
+    assert read_checkpoint(parts / "checkpoint.pt")["records"]["window"][3] == 3.0
+    train(spec, options=TrainOptions(run_dir=parts, device="cpu", resume=True, stop_at=22))
+    resumed = train(spec, options=TrainOptions(run_dir=parts, device="cpu", resume=True))
+
+    def timeless(history: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [
+            {key: value for key, value in row.items() if key != "train/images_per_second"}
+            for row in history
+        ]
+
+    assert len(whole.history) == 6
+    assert timeless(resumed.history) == timeless(whole.history)
 
 
 def test_resume_refuses_another_spec(smoke_path: Path, tmp_path: Path) -> None:
@@ -121,9 +146,12 @@ def test_the_probe_beats_chance_on_the_synthetic_set(smoke_path: Path) -> None:
     assert metrics["eval/pixel_probe_acc"] > chance + margin
     assert metrics["eval/random_probe_acc"] > chance
     assert metrics["eval/probe_acc"] > chance
-    # A random-init encoder for every initialisation; the bar is the strongest of them.
-    per_init = [metrics[f"eval/random_{init}_probe_acc"] for init in PATCH_INITS]
-    assert len(per_init) == 2 and metrics["eval/random_probe_acc"] == max(per_init)
+    # A random-init encoder for every initialisation; the bar is the strongest of them, chosen
+    # on validation (tests/eval/test_baselines.py) and reported with its test accuracy.
+    val = {init: metrics[f"eval/random_{init}_probe_val_acc"] for init in PATCH_INITS}
+    chosen = max(PATCH_INITS, key=val.__getitem__)
+    assert len(val) == 2
+    assert metrics["eval/random_probe_acc"] == metrics[f"eval/random_{chosen}_probe_acc"]
     assert metrics["eval/gain_over_random"] == pytest.approx(
         metrics["eval/probe_acc"] - metrics["eval/random_probe_acc"]
     )
