@@ -303,7 +303,7 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
 
     def train(spec: Any, **kwargs: Any) -> Any:  # fast and scripted: the bookkeeping is tested
         if spec.strategy.kind == "sigreg":
-            raise jepa_lab.training.loop.TrainingError("loss became non-finite at step 3: smoke")
+            raise jepa_lab.training.loop.NonFiniteError("loss became non-finite at step 3: smoke")
         metrics = {"diag/pred_loss": 0.4, "diag/sigreg": 9.0, "eval/probe_acc": 0.5}
         dataset = {"name": "synthetic", "digest": "0" * 64, "origin": "generated"}
         return TrainResult(spec, steps=6, metrics=metrics, dataset=dataset)
@@ -319,12 +319,24 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
     outcomes = study.work(session, WorkerOptions(device="cpu"), echo=lambda o: None)
     assert [o.state for o in outcomes] == ["COMPLETE", "COMPLETE"]  # the study goes on
     trials = session.study.get_trials()
-    assert trials[0].user_attrs[study_tracking.ERROR] == "loss became non-finite at step 3: smoke"
+    reason = "non-finite: loss became non-finite at step 3: smoke"
+    assert trials[0].user_attrs[study_tracking.ERROR] == reason
+    assert trials[0].system_attrs["fail_reason"] == reason  # where Optuna's tools read it
     [run] = [r for r in mlflow_runs(home, "failing") if r.info.run_name == "trial-0"]
     assert run.info.status == "FAILED"
     assert "non-finite at step 3" in run.data.tags["jepa_lab.error"]
     assert study.is_complete(session)
     assert study_results.counts(session) == {"FAIL": 1, "COMPLETE": 2}
+    status = in_process("status", str(path))
+    assert status.exit_code == 0, status.output
+    assert "failed trials (1)" in status.stdout and reason in status.stdout
+    out = tmp_path / "all.json"
+    assert in_process("export", str(path), "-o", str(out), "--all").exit_code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["trial"], r["state"], r["fail_reason"]) for r in rows if r["state"] == "FAIL"] == [
+        (0, "FAIL", reason)
+    ]
+    assert {"fail_reason", "retry_of", "retried_by"} <= set(rows[0])
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -518,6 +530,13 @@ def test_sigkill_mid_trial_then_rerun_completes_without_duplicates(
     assert failed.number == killed_at and "died" in failed.user_attrs[study_tracking.ERROR]
     [retry] = [t for t in trials if t.user_attrs.get(study_tracking.RETRY_OF) == killed_at]
     assert retry.state.name == "COMPLETE" and retry.params == failed.params
+    # where Optuna's own tooling reads them: the reason, and its retry callback's keys
+    assert failed.system_attrs["fail_reason"].startswith("worker died: ")
+    assert f"retried as trial {retry.number}" in failed.system_attrs["fail_reason"]
+    assert failed.user_attrs[study_tracking.RETRIED_BY] == retry.number
+    assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(retry) == killed_at
+    status = in_process("status", str(path))
+    assert "worker died: " in status.stdout and "failed trials (1)" in status.stdout
     runs = mlflow_runs(home, "killed")
     [killed_run] = [r for r in runs if r.data.tags.get("jepa_lab.trial") == str(killed_at)]
     assert killed_run.info.status == "KILLED" and "died" in killed_run.data.tags["jepa_lab.error"]
