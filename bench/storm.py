@@ -96,6 +96,15 @@ def command(path: Path, args: argparse.Namespace) -> list[str]:
     return cmd
 
 
+def run_once(
+    path: Path, args: argparse.Namespace, env: dict[str, str], folder: Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(path, args), capture_output=True, text=True, env=env, cwd=folder,
+        timeout=args.timeout,
+    )  # fmt: skip
+
+
 def storm(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="storm-") as tmp:
@@ -130,14 +139,8 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
             for pid in group_alive(proc.pid):  # do not leave them to the next round
                 os.kill(pid, signal.SIGKILL)
         storm_s = time.monotonic() - began
-        final = subprocess.run(
-            command(path, args), capture_output=True, text=True, env=env, cwd=folder,
-            timeout=args.timeout,
-        )  # fmt: skip
-        rerun = subprocess.run(
-            command(path, args), capture_output=True, text=True, env=env, cwd=folder,
-            timeout=args.timeout,
-        )  # fmt: skip
+        final = run_once(path, args, env, folder)
+        rerun = run_once(path, args, env, folder) if args.rerun else None
         wall_s = time.monotonic() - began
         checks = inspect(folder / "home", name, args.storage)
     report = {
@@ -145,7 +148,7 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
         "kill_times_s": kills,
         "ended_before_kill": early,
         "final_exit_code": final.returncode,
-        "rerun_exit_code": rerun.returncode,
+        "rerun_exit_code": rerun.returncode if rerun else None,
         **checks,
         "cells": args.cells,
         "surviving_processes": len(survivors),
@@ -209,7 +212,7 @@ def inspect(home: Path, name: str, storage: str | None) -> dict[str, Any]:
 def ok(report: dict[str, Any]) -> bool:
     return (
         report["final_exit_code"] == 0
-        and report["rerun_exit_code"] == 0
+        and report["rerun_exit_code"] in (0, None)
         and report["complete"] == report["cells"]
         and not any(
             report[k]
@@ -248,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     parser.add_argument("--storage", default=None, help="e.g. postgresql://root@127.0.0.1/test")
     parser.add_argument("--timeout", type=float, default=600, help="final run's limit (s)")
+    parser.add_argument("--rerun", action=argparse.BooleanOptionalAction, default=True,
+                        help="run once more after the final run (must exit 0 too)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
     report = storm(args)

@@ -44,7 +44,7 @@ from jepa_lab.study.storage import (
 )
 from jepa_lab.study.trial import WorkerOptions
 
-from ..conftest import STUDIES
+from ..conftest import REPO, STUDIES
 from .test_export import brute_front, grid_area, union_volume
 
 TINY = {
@@ -542,3 +542,23 @@ def test_sigkill_mid_trial_then_rerun_completes_without_duplicates(
     assert killed_run.info.status == "KILLED" and "died" in killed_run.data.tags["jepa_lab.error"]
     assert len(runs) == 1 + 3 + 1  # parent, one per completed trial, the killed one
     assert not list((home / "studies").glob("*.lock"))  # no Optuna lock file to wait out
+
+
+def test_a_storm_of_sigkills_then_one_run_finishes_the_study_cleanly(tmp_path: Path) -> None:
+    """bench/storm.py at CI size: 3 SIGKILLs of the whole process group of `jepa-lab run`, at
+    seeded moments in its first seconds (the first ones while the stores are created), on a
+    fresh store and a 3-cell grid; then one run must exit 0 and leave the study clean."""
+    out = tmp_path / "storm.json"
+    command = [sys.executable, str(REPO / "bench" / "storm.py"), "--kills", "3", "--cells", "3",
+               "--window", "0.5", "5", "--steps", "12", "--seed", "1", "--no-rerun",
+               "--json", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.exists(), done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["kills"] + len(report["ended_before_kill"]) == 3
+    assert report["final_exit_code"] == 0, report["final_stderr_tail"]
+    assert report["complete"] == 3 and report["duplicates"] == 0, report
+    assert report["optuna_running_left"] == 0 and report["mlflow_running_left"] == 0, report
+    assert report["orphan_runs"] == 0 and report["surviving_processes"] == 0, report
+    assert report["lock_files"] == 0 and report["fail_reasons_missing"] == 0, report
+    assert done.returncode == 0 and "verdict" in done.stdout
