@@ -99,10 +99,18 @@ def command(path: Path, args: argparse.Namespace) -> list[str]:
 def run_once(
     path: Path, args: argparse.Namespace, env: dict[str, str], folder: Path
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command(path, args), capture_output=True, text=True, env=env, cwd=folder,
-        timeout=args.timeout,
+    """One ``jepa-lab run`` to its end; past ``--timeout`` its whole group is killed."""
+    proc = subprocess.Popen(
+        command(path, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, cwd=folder, start_new_session=True,
     )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\nstorm: killed after --timeout {args.timeout:g} s"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def storm(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,6 +10,7 @@ twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -552,8 +553,14 @@ def test_a_storm_of_sigkills_then_one_run_finishes_the_study_cleanly(tmp_path: P
     command = [sys.executable, str(REPO / "bench" / "storm.py"), "--kills", "3", "--cells", "3",
                "--window", "0.5", "5", "--steps", "12", "--seed", "1", "--no-rerun",
                "--json", str(out)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert out.exists(), done.stderr[-3000:]
+    storm = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=REPO, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = storm.communicate(timeout=300)
+    finally:  # a storm past its time leaves no `jepa-lab run` behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(storm.pid, signal.SIGKILL)
+    assert out.exists(), stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["kills"] + len(report["ended_before_kill"]) == 3
     assert report["final_exit_code"] == 0, report["final_stderr_tail"]
@@ -561,4 +568,4 @@ def test_a_storm_of_sigkills_then_one_run_finishes_the_study_cleanly(tmp_path: P
     assert report["optuna_running_left"] == 0 and report["mlflow_running_left"] == 0, report
     assert report["orphan_runs"] == 0 and report["surviving_processes"] == 0, report
     assert report["lock_files"] == 0 and report["fail_reasons_missing"] == 0, report
-    assert done.returncode == 0 and "verdict" in done.stdout
+    assert storm.returncode == 0 and "verdict" in stdout
