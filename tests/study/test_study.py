@@ -552,7 +552,7 @@ def test_a_storm_of_sigkills_then_one_run_finishes_the_study_cleanly(tmp_path: P
     out = tmp_path / "storm.json"
     command = [sys.executable, str(REPO / "bench" / "storm.py"), "--kills", "3", "--cells", "3",
                "--window", "0.5", "5", "--steps", "12", "--seed", "1", "--no-rerun",
-               "--json", str(out)]  # fmt: skip
+               "--timeout", "200", "--json", str(out)]  # fmt: skip
     storm = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=REPO, start_new_session=True)  # fmt: skip
     try:
