@@ -286,9 +286,10 @@ def status(
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """Trials by state, the current Pareto front and its hypervolume."""
+    """Trials by state, the failed ones with their reasons, the Pareto front and its
+    hypervolume."""
 
-    from jepa_lab.cli.tables import front_table, stdout_console, volume_line
+    from jepa_lab.cli.tables import failures_table, front_table, stdout_console, volume_line
     from jepa_lab.study import results as sr
     from jepa_lab.study.runner import n_finished
 
@@ -305,6 +306,9 @@ def status(
     for state in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "FAIL (retried)", "PRUNED"):
         if counts.get(state):
             out.print(f"  {state:<15} {counts[state]}", highlight=False)
+    failures = sr.failures(session)
+    if failures:
+        out.print(failures_table(failures), highlight=False)
     out.print(front_table(front, session))
     out.print(volume_line(session, volume), highlight=False)
 
@@ -329,7 +333,8 @@ def export(
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """The Pareto-front table (mean/std/n over seeds, Welch tests) in a file format."""
+    """The Pareto-front table (mean/std/n over seeds, Welch tests) in a file format; --all: every
+    configuration, and every failed trial with its reason and retry."""
     from jepa_lab.cli.tables import volume_line
     from jepa_lab.study import export as ex
     from jepa_lab.study import results as sr
@@ -342,9 +347,12 @@ def export(
         fail("parquet is binary: give an output file with -o FILE.parquet")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    _, summary, front, volume = sr.tables(session)
+    trials, summary, front, volume = sr.tables(session)
     rows = ex.export_table(
-        summary if all_configs else front, plan.spec.objectives, sr.setting_keys(plan)
+        summary if all_configs else front,
+        plan.spec.objectives,
+        sr.setting_keys(plan),
+        trials if all_configs else None,  # --all: the failed trials and their reasons too
     )
     text = ex.render(rows, chosen, sr.export_meta(session, volume), output)
     if text is not None:

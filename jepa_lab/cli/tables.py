@@ -94,6 +94,20 @@ def front_table(front: Any, session: Session) -> Any:
     return table
 
 
+def failures_table(failures: list[dict[str, Any]]) -> Any:
+    """The failed trials: why each failed and which trial retried it."""
+    from rich.table import Table
+
+    table = Table(title=f"failed trials ({len(failures)})")
+    table.add_column("trial", justify="right")
+    table.add_column("retried by", justify="right")
+    table.add_column("reason", overflow="fold")
+    for row in failures:
+        retry = row["retried_by"]
+        table.add_row(str(row["trial"]), "-" if retry is None else str(retry), row["fail_reason"])
+    return table
+
+
 def trials_bar(console: Any, show: bool) -> Any:
     """The study's progress display: one bar over trials (and one per phase of a local trial)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

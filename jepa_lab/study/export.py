@@ -153,6 +153,7 @@ def aggregate(
             "mlflow_run_ids": ",".join(str(r) for r in group.get("mlflow_run_id", [])),
             "strategy": first["strategy"],
             "n": len(group),
+            "retry_of": ",".join(_numbers(group.get("retry_of"))),
             **{p: _plain(first.get(p)) for p in params},
             "state": "COMPLETE",
         }
@@ -186,6 +187,13 @@ def aggregate(
                     )
             table[f"p_vs_{kind}"] = column
     return table
+
+
+def _numbers(column: pd.Series | None) -> list[str]:
+    """A column of trial numbers (None/NaN where absent) as texts, the absent ones left out."""
+    if column is None:
+        return []
+    return [str(int(v)) for v in column if v is not None and not _isnan(v)]
 
 
 def _plain(value: Any) -> Any:
@@ -230,11 +238,16 @@ def short(direction: str) -> str:
 
 
 def export_table(
-    table: pd.DataFrame, objectives: Sequence[ObjectiveSpec], params: Sequence[str]
+    table: pd.DataFrame,
+    objectives: Sequence[ObjectiveSpec],
+    params: Sequence[str],
+    trials: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The exported columns: trial, config id, MLflow run id, objectives (direction in the
     header; std and n where seeds exist), parameters, probe accuracy and baselines, Welch
-    p-values, state."""
+    p-values, state. With ``trials`` (``trials_frame``; ``export --all``): a row per failed
+    trial too, and the columns ``fail_reason``, ``retry_of`` (the failed trials a row's trials
+    retry) and ``retried_by`` (the trial that retried a failed one)."""
     seeded = not table.empty and int(table["n"].max()) > 1
     out = pd.DataFrame(index=table.index)
     out["trial"] = table.get("trial")
@@ -268,7 +281,43 @@ def export_table(
         if column.startswith("p_vs_"):
             out[column] = table[column]
     out["state"] = table.get("state")
+    if trials is not None:
+        out = _with_failures(out, table, trials, params, seeded)
     return out.reset_index(drop=True)
+
+
+def _with_failures(
+    out: pd.DataFrame,
+    table: pd.DataFrame,
+    trials: pd.DataFrame,
+    params: Sequence[str],
+    seeded: bool,
+) -> pd.DataFrame:
+    out["fail_reason"] = ""
+    out["retry_of"] = table.get("retry_of", pd.Series("", index=table.index, dtype=object))
+    out["retried_by"] = ""
+    failed = trials[trials["state"] == "FAIL"] if len(trials) else trials
+    rows = []
+    for _, trial in failed.sort_values("trial").iterrows() if len(failed) else []:
+        row: dict[str, Any] = {
+            "trial": int(trial["trial"]),
+            "config_id": trial.get("config_id"),
+            "strategy": trial.get("strategy"),
+            **{p: _plain(trial.get(p)) for p in params if p != "strategy.kind"},
+            "state": "FAIL",
+            "fail_reason": trial.get("fail_reason") or "",
+            "retry_of": ",".join(_numbers(pd.Series([trial.get("retry_of")]))),
+            "retried_by": ",".join(_numbers(pd.Series([trial.get("retried_by")]))),
+        }
+        if seeded:
+            row["trials"] = str(int(trial["trial"]))
+        rows.append(row)
+    if not rows:
+        return out
+    extra = pd.DataFrame(rows)
+    return pd.concat(
+        [out, extra[[c for c in out.columns if c in extra.columns]]], ignore_index=True
+    )
 
 
 def render(

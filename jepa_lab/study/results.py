@@ -11,26 +11,47 @@ from optuna.trial import TrialState
 
 from jepa_lab.spec.plan import StudyPlan
 from jepa_lab.study.session import Session
-from jepa_lab.study.tracking import ERROR, RETRY_OF, RUN_ID, A, mlflow_client
+from jepa_lab.study.tracking import (
+    ERROR,
+    FAIL_REASON,
+    RETRIED_BY,
+    RETRY_OF,
+    RUN_ID,
+    A,
+    mlflow_client,
+)
 
 
 def trial_rows(session: Session) -> list[dict[str, Any]]:
     """One plain dict per trial for :mod:`jepa_lab.study.export` (no Optuna objects leave here)."""
-    retried = {t.user_attrs.get(RETRY_OF) for t in session.trials()}
+    retried_by = {
+        t.user_attrs[RETRY_OF]: t.number for t in session.trials() if RETRY_OF in t.user_attrs
+    }
     rows = []
     for trial in session.trials():
         attrs = trial.user_attrs
+        failed = trial.state == TrialState.FAIL
         rows.append(
             {
                 "trial": trial.number,
                 "state": trial.state.name,
-                "retried": trial.number in retried,
+                "retried": trial.number in retried_by,
                 "config_id": attrs.get(A + "config_id"),
                 "spec_digest": attrs.get(A + "spec_digest"),
                 "seed": attrs.get(A + "seed"),
                 "strategy": attrs.get(A + "strategy"),
                 "mlflow_run_id": attrs.get(RUN_ID),
                 "error": attrs.get(ERROR, ""),
+                # a trial Optuna's heartbeat failed has no reason of ours: say what happened
+                "fail_reason": (
+                    trial.system_attrs.get(FAIL_REASON)
+                    or attrs.get(ERROR)
+                    or ("no heartbeat (failed by Optuna)" if trial.number in retried_by else "")
+                )
+                if failed
+                else "",
+                "retry_of": attrs.get(RETRY_OF),
+                "retried_by": attrs.get(RETRIED_BY, retried_by.get(trial.number)),
                 "settings": attrs.get(A + "settings", {}),
                 "metrics": attrs.get(A + "metrics", {}),
                 "values": trial.values,
@@ -46,6 +67,15 @@ def counts(session: Session) -> dict[str, int]:
         key = "FAIL (retried)" if row["state"] == "FAIL" and row["retried"] else row["state"]
         found[key] = found.get(key, 0) + 1
     return found
+
+
+def failures(session: Session) -> list[dict[str, Any]]:
+    """The failed trials: number, reason, the trial that retried it (or None), its settings."""
+    return [
+        {k: row[k] for k in ("trial", "fail_reason", "retried_by", "settings")}
+        for row in trial_rows(session)
+        if row["state"] == "FAIL"
+    ]
 
 
 def setting_keys(plan: StudyPlan) -> list[str]:

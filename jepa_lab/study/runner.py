@@ -48,14 +48,15 @@ from jepa_lab.study.storage import (
 )
 from jepa_lab.study.tracking import (
     DIGEST,
-    ERROR,
+    FAILED_TRIAL,
     PARENT,
+    RETRY_HISTORY,
     RETRY_OF,
     WORKER,
     create_parent,
     end_orphan_runs,
 )
-from jepa_lab.study.trial import Outcome, WorkerOptions, cell_params, run_trial
+from jepa_lab.study.trial import Outcome, WorkerOptions, cell_params, record_failure, run_trial
 from jepa_lab.track.store import TrackingError, prepare_store
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def open_session(
     session = Session(plan, storage, uri, read_only=not create)
 
     def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-        _retry(session, trial, "no heartbeat", failed=True)
+        _retry(session, trial, "no heartbeat: its worker stopped beating", failed=True)
 
     session.optuna_storage = open_storage(storage, on_stale, read_only=not create)
     directions = [o.direction for o in plan.spec.objectives]
@@ -169,7 +170,7 @@ def reap(session: Session) -> list[int]:
     for trial in session.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get(WORKER)
         dead = owner is not None and worker_alive(owner) is False
-        if dead and _retry(session, trial, "its worker process died"):
+        if dead and _retry(session, trial, f"worker died: its worker process ({owner}) is gone"):
             reaped.append(trial.number)
     if session.storage.heartbeat:
         with warnings.catch_warnings():
@@ -180,20 +181,34 @@ def reap(session: Session) -> list[int]:
 
 def _retry(session: Session, trial: FrozenTrial, reason: str, *, failed: bool = False) -> bool:
     """Re-enqueue the parameters of the RUNNING ``trial``, fail it (``failed``: Optuna's
-    heartbeat already did) and end its MLflow run KILLED. False if it had finished meanwhile.
+    heartbeat already did) with ``reason`` and the retry's number, and end its MLflow run KILLED.
+    False if it had finished meanwhile.
 
     In this order, and the copy enqueued only once, so a kill at any point leaves either the
     trial RUNNING under a dead worker (reaped again later) or the work done: never a failed
-    trial without its copy (lost) nor two copies (run twice).
+    trial without its copy (lost) nor two copies (run twice). The copy carries Optuna's own
+    retry keys (``failed_trial``, ``retry_history``, as its ``RetryFailedTrialCallback`` sets
+    them) beside ``jepa_lab.retry_of``. A trial Optuna's heartbeat failed is finished already:
+    its reason stays on its MLflow run and its link on the copy.
     """
-    if not any(t.user_attrs.get(RETRY_OF) == trial.number for t in session.trials()):
+    retry = _retry_number(session, trial.number)
+    if retry is None:
         # a trial killed before it suggested everything still has its grid cell here
         params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-        session.study.enqueue_trial(params, user_attrs={RETRY_OF: trial.number})
+        history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
+        system_attrs = {"fixed_params": params, FAILED_TRIAL: history[0], RETRY_HISTORY: history}
+        session.study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                system_attrs=system_attrs,
+                user_attrs={RETRY_OF: trial.number},
+            )
+        )
+        retry = _retry_number(session, trial.number)
     if not failed:
         trial_id = session.trial_id(trial.number)
         try:
-            session.optuna_storage.set_trial_user_attr(trial_id, ERROR, f"retried: {reason}")
+            record_failure(session, trial.number, f"{reason}; retried as trial {retry}", retry)
             if not session.optuna_storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 return False
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -203,6 +218,12 @@ def _retry(session: Session, trial: FrozenTrial, reason: str, *, failed: bool = 
     except TrackingError as exc:  # the trial is retried all the same; its old run stays open
         print(f"warning: trial {trial.number}: {exc}", flush=True)
     return True
+
+
+def _retry_number(session: Session, number: int) -> int | None:
+    """The trial that retries trial ``number``, if one was enqueued."""
+    found = [t.number for t in session.trials() if t.user_attrs.get(RETRY_OF) == number]
+    return found[0] if found else None
 
 
 # ------------------------------------------------------------------------------ the loop

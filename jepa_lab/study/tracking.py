@@ -16,6 +16,11 @@ from jepa_lab.track.store import TrackingError
 A = "jepa_lab."  # prefix of every user attribute and tag jepa-lab sets
 PARENT, DIGEST, FINALIZED = A + "parent_run_id", A + "study_digest", A + "finalized"
 WORKER, RUN_ID, ERROR, RETRY_OF = A + "worker", A + "mlflow_run_id", A + "error", A + "retry_of"
+RETRIED_BY = A + "retried_by"  # on a failed trial: the number of the trial that retries it
+# Optuna's own keys, which its tooling reads: the system attribute Optuna 2 set to a failed
+# trial's exception text, and those of its RetryFailedTrialCallback on a retry (the first failed
+# trial of the chain, and every failed trial of it)
+FAIL_REASON, FAILED_TRIAL, RETRY_HISTORY = "fail_reason", "failed_trial", "retry_history"
 
 
 @contextlib.contextmanager

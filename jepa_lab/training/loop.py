@@ -45,6 +45,10 @@ class TrainingError(Exception):
     """Training cannot go on (non-finite loss, bad world size); the message names the step."""
 
 
+class NonFiniteError(TrainingError):
+    """The loss (or an objective) became NaN or infinite: the run diverged."""
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """Machine settings: where and how a spec runs, never what it means."""
@@ -227,7 +231,9 @@ def _run(
                     "(non-deterministic kernels or a rank-dependent bug)"
                 )
             if int(first_bad) >= 0:
-                raise TrainingError(f"loss became non-finite at step {int(first_bad)}: {spec.name}")
+                raise NonFiniteError(
+                    f"loss became non-finite at step {int(first_bad)}: {spec.name}"
+                )
             elapsed = time.perf_counter() - window_start
             means = (sums / window_steps).tolist()
             row = {
