@@ -1,0 +1,312 @@
+"""Outages that must lose no data: the study's PostgreSQL server restarted (or gone for longer
+than the workers wait), the MLflow tracking server restarted (or gone), and a full disk.
+
+Real components only: a throwaway PostgreSQL cluster this module starts with ``initdb`` and
+``pg_ctl`` on a free loopback port (the machine's own server is left alone), a real
+``mlflow server`` on loopback, a small tmpfs. Each server is stopped by its PID or its data
+directory at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ..conftest import STUDIES
+
+TINY = {
+    "optim.steps": 6,
+    "optim.batch_size": 32,
+    "data.n_train": 256,
+    "data.n_test": 128,
+    "eval.probe_train": 128,
+    "eval.max_iter": 20,
+    "eval.l2_grid": [0.001],
+    "eval.baselines": False,
+    "log_every": 3,
+}
+RUN_ID = "jepa_lab.mlflow_run_id"
+
+
+def write_study(folder: Path, name: str, **sections: Any) -> Path:
+    data = {"name": name, "base": str(STUDIES / "smoke.yaml")}
+    data["overrides"] = {**TINY, **sections.pop("overrides", {})}
+    data |= sections
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def jepa_lab(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jepa_lab", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+@contextlib.contextmanager
+def reaped(*processes: subprocess.Popen[str]) -> Iterator[None]:
+    """Kill (by process group) what still runs when the block ends, even on a failure."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One local tracking store for the module (a fresh one costs seconds of migration)."""
+    from jepa_lab.track.store import ensure_store
+
+    home = tmp_path_factory.mktemp("home")
+    ensure_store(f"sqlite:///{home / 'mlflow.db'}")
+    return home
+
+
+def environment(home: Path, **extra: str) -> dict[str, str]:
+    drop = ("MLFLOW_TRACKING_URI", "JEPA_LAB_STORAGE", "JEPA_LAB_WORKER_INDEX", "JEPA_LAB_HOME")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return env | {"JEPA_LAB_HOME": str(home)} | extra
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class Cluster:
+    """A throwaway PostgreSQL cluster in ``root``, run as the ``postgres`` user when root."""
+
+    def __init__(self, root: Path) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or [
+            shutil.which("pg_ctl") or ""
+        ]
+        if not found[-1] or not os.path.exists(found[-1]):
+            pytest.skip("no pg_ctl here")
+        self.bin = Path(found[-1]).parent
+        self.root, self.data, self.port = root, root / "data", free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres")
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bin / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
+                  "-w", "start")  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        import psycopg2
+
+        connection = psycopg2.connect(self.url, connect_timeout=3)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                return list(cursor.fetchall())
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    # not under pytest's tmp folder: the postgres user cannot enter root's 0700 folders
+    root = Path(tempfile.mkdtemp(prefix="jepa-lab-pg-"))
+    try:
+        cluster = Cluster(root)
+        cluster.init()
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            if cluster.running():
+                cluster.stop("immediate")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def states(cluster: Cluster) -> dict[str, int]:
+    """Trial counts by state, straight from the database (no Optuna, no retries)."""
+    try:
+        return dict(cluster.query("SELECT state, count(*) FROM trials GROUP BY state"))
+    except Exception:  # not created yet, or the server is down
+        return {}
+
+
+def running_in_training(cluster: Cluster) -> list[int]:
+    """Trials RUNNING with their MLflow run open (inside training)."""
+    try:
+        rows = cluster.query(
+            "SELECT t.number FROM trials t JOIN trial_user_attributes a "
+            f"ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = '{RUN_ID}'"
+        )
+    except Exception:
+        return []
+    return [row[0] for row in rows]
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def check_study(cluster: Cluster, n: int) -> None:
+    """Exactly ``n`` COMPLETE trials, none RUNNING or WAITING, no parameter vector twice."""
+    from collections import Counter
+
+    counts = states(cluster)
+    assert counts.get("COMPLETE") == n, counts
+    assert not counts.get("RUNNING") and not counts.get("WAITING"), counts
+    rows = cluster.query(
+        "SELECT t.number, p.param_name, p.param_value FROM trials t "
+        "JOIN trial_params p ON p.trial_id = t.trial_id WHERE t.state = 'COMPLETE'"
+    )
+    vectors: dict[int, list[tuple[str, float]]] = {}
+    for number, name, value in rows:
+        vectors.setdefault(number, []).append((name, value))
+    seen = Counter(tuple(sorted(v)) for v in vectors.values())
+    assert len(vectors) == n and max(seen.values()) == 1, seen
+
+
+@pytest.mark.slow
+def test_postgresql_restarted_mid_trial_two_workers_finish_the_study(
+    home: Path, tmp_path: Path, cluster: Cluster
+) -> None:
+    path = write_study(
+        tmp_path,
+        "pgrestart",
+        overrides={"optim.steps": 40},
+        grid={"strategy.kind": ["ema", "sigreg"]},
+        seeds=[0, 1],
+    )
+    env = environment(home, JEPA_LAB_DB_RETRY_S="60")
+    proc = jepa_lab("run", str(path), "--workers", "2", "--storage", cluster.url,
+                    "--no-progress", env=env)  # fmt: skip
+    with reaped(proc):
+        wait_for(lambda: running_in_training(cluster), 120, "a trial in training")
+        began = time.monotonic()
+        cluster.stop("fast")  # every connection dies
+        time.sleep(2.0)  # the workers meet the outage (heartbeats, the parent's polling)
+        cluster.start()
+        downtime = time.monotonic() - began
+        _out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    check_study(cluster, 4)
+    assert "Traceback" not in err
+    recovered = [float(s) for s in re.findall(r"reconnected after ([\d.]+) s", err)]
+    retries = [int(s) for s in re.findall(r"\((\d+) retries\)", err)]
+    print(f"\ndowntime {downtime:.1f} s; reconnections {recovered} s; retries {retries}")
+
+
+@pytest.mark.slow
+def test_postgresql_down_past_the_limit_the_worker_exits_and_a_fresh_one_finishes(
+    home: Path, tmp_path: Path, cluster: Cluster
+) -> None:
+    path = write_study(
+        tmp_path, "pgdown", overrides={"optim.steps": 60}, grid={"strategy.kind": ["ema", "none"]}
+    )
+    env = environment(home, JEPA_LAB_DB_RETRY_S="3", JEPA_LAB_STORAGE=cluster.url)
+    worker = jepa_lab("worker", str(path), env=env)
+    with reaped(worker):
+        wait_for(lambda: running_in_training(cluster), 120, "a trial in training")
+        [stranded] = running_in_training(cluster)
+        cluster.stop("fast")
+        began = time.monotonic()
+        out, err = worker.communicate(timeout=120)
+        gave_up = time.monotonic() - began
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert worker.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+    assert "unreachable for" in lines[0] and "JEPA_LAB_DB_RETRY_S" in lines[0], lines
+    assert "secret" not in err
+    cluster.start()
+    assert states(cluster).get("RUNNING") == 1  # left to the reaper / heartbeat
+    fresh = jepa_lab("worker", str(path), env=env)
+    with reaped(fresh):
+        _out, err = fresh.communicate(timeout=180)
+    assert fresh.returncode == 0, err[-3000:]
+    check_study(cluster, 2)
+    [(reason,)] = cluster.query(
+        "SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = "
+        f"t.trial_id WHERE t.number = {stranded} AND a.key = 'jepa_lab.error'"
+    )
+    assert "retried" in reason
+    print(f"\nworker gave up {gave_up:.1f} s after the server stopped (limit 3 s): {lines[0]}")
+
+
+def test_connection_errors_are_retried_with_backoff_then_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sqlalchemy.exc
+
+    from jepa_lab.study.storage import StorageUnreachable, retrying
+
+    calls: list[float] = []
+
+    def flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, OSError("connection refused"))
+        return "ok"
+
+    monkeypatch.setenv("JEPA_LAB_DB_RETRY_S", "30")
+    assert retrying(flaky, "postgresql://u@h/db") == "ok" and len(calls) == 3
+    assert calls[2] - calls[1] > calls[1] - calls[0]  # backoff
+
+    def broken() -> None:
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, OSError("connection refused"))
+
+    monkeypatch.setenv("JEPA_LAB_DB_RETRY_S", "0.6")
+    with pytest.raises(StorageUnreachable, match=r"unreachable for .*JEPA_LAB_DB_RETRY_S"):
+        retrying(broken, "postgresql://u@h/db")
+
+    def wrong() -> None:  # not a connection error: no retry
+        calls.append(0)
+        raise sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate"))
+
+    calls.clear()
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        retrying(wrong, "postgresql://u@h/db")
+    assert len(calls) == 1
