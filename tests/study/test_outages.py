@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -254,7 +255,7 @@ def test_postgresql_down_past_the_limit_the_worker_exits_and_a_fresh_one_finishe
         [stranded] = running_in_training(cluster)
         cluster.stop("fast")
         began = time.monotonic()
-        out, err = worker.communicate(timeout=120)
+        _out, err = worker.communicate(timeout=120)
         gave_up = time.monotonic() - began
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert worker.returncode == 2, err[-3000:]
@@ -310,3 +311,156 @@ def test_connection_errors_are_retried_with_backoff_then_one_line(
     with pytest.raises(sqlalchemy.exc.IntegrityError):
         retrying(wrong, "postgresql://u@h/db")
     assert len(calls) == 1
+
+
+# ------------------------------------------------------------------------ MLflow server
+
+
+class MlflowServer:
+    """A real ``mlflow server`` (SQLite backend in ``root``) on a fixed loopback port, which the
+    test stops and starts again; always stopped by its process group's id."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Start it; the seconds until /health answered."""
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--default-artifact-root", "mlflow-artifacts:/",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        began = time.monotonic()
+        with open(self.root / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
+        while True:
+            assert self.process.poll() is None, (self.root / "server.log").read_text()[-2000:]
+            assert time.monotonic() - began < 120, "mlflow server did not start in 120 s"
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=1).close()
+                return time.monotonic() - began
+            except OSError:
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):  # anything left in the group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path / "mlflow")
+    server.root.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def served_runs(url: str, experiment: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(url)
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+
+
+def open_trial_runs(url: str, experiment: str) -> list[Any]:
+    try:
+        runs = served_runs(url, experiment)
+    except Exception:  # the server is starting or down
+        return []
+    return [r for r in runs if r.info.status == "RUNNING" and "jepa_lab.trial" in r.data.tags]
+
+
+def study_trials(home: Path, name: str) -> list[Any]:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(home / "studies" / f"{name}.journal")))
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def check_one_finished_run_per_trial(home: Path, url: str, name: str, n: int) -> None:
+    trials = study_trials(home, name)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == n and not [t for t in trials if t.state.name == "RUNNING"]
+    runs = [r for r in served_runs(url, name) if "jepa_lab.trial" in r.data.tags]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for trial in complete:
+        mine = [r for r in runs if r.data.tags["jepa_lab.trial"] == str(trial.number)]
+        [run] = [r for r in mine if r.info.status == "FINISHED"]
+        assert run.info.run_id == trial.user_attrs[RUN_ID]
+        assert "eval/probe_acc" in run.data.metrics and "train/loss" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_mlflow_server_restarted_mid_trial_loses_no_run(
+    home: Path, tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    path = write_study(
+        tmp_path,
+        "mlrestart",
+        overrides={"optim.steps": 60},
+        grid={"strategy.kind": ["ema", "none"]},
+    )
+    env = environment(home, JEPA_LAB_TRACKING_RETRY_S="120")
+    proc = jepa_lab("run", str(path), "--tracking-uri", mlflow_server.url, "--no-progress", env=env)
+    with reaped(proc):
+        wait_for(lambda: open_trial_runs(mlflow_server.url, "mlrestart"), 120, "a trial run")
+        mlflow_server.stop()
+        time.sleep(2.0)
+        restart = mlflow_server.start()
+        _out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    check_one_finished_run_per_trial(home, mlflow_server.url, "mlrestart", 2)
+    answered = [float(s) for s in re.findall(r"answered again after ([\d.]+) s", err)]
+    retries = [int(s) for s in re.findall(r"\((\d+) retries\)", err)]
+    print(f"\nserver restart took {restart:.1f} s; answered again after {answered} s; {retries}")
+
+
+@pytest.mark.slow
+def test_mlflow_server_down_past_the_limit_fails_the_trial_and_the_study_resumes(
+    home: Path, tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    path = write_study(
+        tmp_path, "mldown", overrides={"optim.steps": 60}, grid={"strategy.kind": ["ema", "none"]}
+    )
+    env = environment(home, JEPA_LAB_TRACKING_RETRY_S="3")
+    args = ["run", str(path), "--tracking-uri", mlflow_server.url, "--no-progress"]
+    proc = jepa_lab(*args, env=env)
+    with reaped(proc):
+        wait_for(lambda: open_trial_runs(mlflow_server.url, "mldown"), 120, "a trial run")
+        mlflow_server.stop()
+        _out, err = proc.communicate(timeout=180)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1 and "unreachable" in lines[0], err[-3000:]
+    [failed] = [t for t in study_trials(home, "mldown") if t.state.name == "FAIL"]
+    assert "tracking server" in failed.user_attrs["jepa_lab.error"]
+    mlflow_server.start()
+    again = jepa_lab(*args, env=env)
+    with reaped(again):
+        _out, err = again.communicate(timeout=180)
+    assert again.returncode == 0, err[-3000:]
+    check_one_finished_run_per_trial(home, mlflow_server.url, "mldown", 2)
+    print(f"\nthe trial failed with: {failed.user_attrs['jepa_lab.error']}")
