@@ -464,3 +464,76 @@ def test_mlflow_server_down_past_the_limit_fails_the_trial_and_the_study_resumes
     assert again.returncode == 0, err[-3000:]
     check_one_finished_run_per_trial(home, mlflow_server.url, "mldown", 2)
     print(f"\nthe trial failed with: {failed.user_attrs['jepa_lab.error']}")
+
+
+# ---------------------------------------------------------------------------- disk full
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 4 MiB tmpfs (root may mount; elsewhere the test is skipped), unmounted afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="jepa-lab-disk-"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        folder.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)  # busy: a log handle
+        folder.rmdir()
+
+
+def fill(disk: Path) -> None:
+    """Fill ``disk`` to the last byte."""
+    with open(disk / "filler", "ab") as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 65536)
+            handle.flush()
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_good_checkpoint_and_the_journal_readable(
+    small_disk: Path, smoke_path: Path
+) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from typer.testing import CliRunner
+
+    from jepa_lab.cli.main import app
+    from jepa_lab.spec.experiment import ExperimentSpec
+    from jepa_lab.spec.load import load
+    from jepa_lab.training.checkpoint import read_checkpoint
+    from jepa_lab.training.loop import TrainOptions, train
+
+    sets = ["optim.steps=2", "eval.baselines=false", "log_every=1"]
+    run_dir = small_disk / "run"
+    spec = load(ExperimentSpec, smoke_path, sets)
+    train(spec, options=TrainOptions(run_dir=run_dir, device="cpu", stop_at=1))
+    good = (run_dir / "checkpoint.pt").read_bytes()
+    journal = str(small_disk / "study.journal")
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(journal)))
+    study.enqueue_trial({"x": 1.0})
+    fill(small_disk)
+
+    args = ["train", str(smoke_path), *[a for s in sets for a in ("--set", s)], "--run-dir",
+            str(run_dir), "--resume", "--no-track", "--no-progress", "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "could not write checkpoint" in lines[-1] and "previous checkpoint is kept" in lines[-1]
+    assert (run_dir / "checkpoint.pt").read_bytes() == good  # not replaced by a partial one
+    assert read_checkpoint(run_dir / "checkpoint.pt")["step"] == 1
+    assert not list(run_dir.glob("*.partial"))
+
+    fill(small_disk)  # the failed checkpoint freed its partial file
+    with contextlib.suppress(OSError):  # a line fails, or fits in the file's last page
+        study.enqueue_trial({"x": 2.0})
+    (small_disk / "filler").unlink()
+    reread = optuna.load_study(study_name=study.study_name, storage=JournalStorage(
+        JournalFileBackend(journal)))  # fmt: skip
+    assert len(reread.get_trials()) in (1, 2)  # the journal stays readable
+    print(f"\nthe full disk gave: {lines[-1]}")
