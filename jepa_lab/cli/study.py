@@ -124,7 +124,12 @@ def run(
     fail_fast: FailFastOption = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run a whole study (grid and/or search) to its total trial count; resumes if re-run."""
+    """Run a whole study (grid and/or search) to its total trial count; resumes if re-run.
+
+    Outages: a lost database connection is retried with backoff for $JEPA_LAB_DB_RETRY_S
+    seconds (default 300), an unreachable tracking server for $JEPA_LAB_TRACKING_RETRY_S
+    (default 300); past that, the worker stops with one line and its trial is retried on resume.
+    """
     from rich.console import Console
 
     from jepa_lab.cli.tables import report
@@ -241,7 +246,13 @@ def worker(
         ),
     ] = None,
 ) -> None:
-    """Join a study as one worker (e.g. from another machine with --storage postgresql://...)."""
+    """Join a study as one worker (e.g. from another machine with --storage postgresql://...).
+
+    Outages: a lost database connection is retried with backoff for $JEPA_LAB_DB_RETRY_S
+    seconds (default 300), an unreachable tracking server for $JEPA_LAB_TRACKING_RETRY_S
+    (default 300); past that, the worker exits with one line (code 2) and its trial is retried
+    by the next worker (or by the heartbeat, from another machine).
+    """
     import zlib
 
     from jepa_lab.cli.workers import apply_cpus

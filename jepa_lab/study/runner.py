@@ -41,6 +41,7 @@ from jepa_lab.study.session import Session
 from jepa_lab.study.storage import (
     HEARTBEAT_S,
     Storage,
+    StorageUnreachable,
     StudyError,
     open_storage,
     worker_alive,
@@ -267,7 +268,10 @@ def _heartbeat(session: Session, number: int) -> Iterator[None]:
 
     def beat() -> None:
         while True:
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)  # retries a lost connection
+            except StorageUnreachable:  # the main thread meets the outage at its next call
+                return
             if stop.wait(HEARTBEAT_S):
                 return
 
@@ -290,7 +294,9 @@ def work(
 
     Waits while trials that might still be retried run elsewhere. ``fail_fast``: stops after
     the first failure in the study since this worker started. Ctrl-C / SIGTERM / an infra error
-    mid-trial: the trial is failed and re-enqueued, then the exception propagates.
+    mid-trial: the trial is failed and re-enqueued, then the exception propagates. A database
+    that stayed unreachable (:class:`StorageUnreachable`) propagates at once: the trial stays
+    RUNNING under this dead worker and is retried by the next claim or by the heartbeat.
     """
     failed_before = {t.number for t in session.trials() if t.state == TrialState.FAIL}
     outcomes: list[Outcome] = []
@@ -307,11 +313,16 @@ def work(
         try:
             with _heartbeat(session, trial.number):
                 outcome = run_trial(session, trial, options, progress)
+        except StorageUnreachable:
+            raise
         except BaseException as exc:
+            reason = f"interrupted: {type(exc).__name__}"
+            if isinstance(exc, StudyError | TrackingError):
+                reason = f"interrupted: {' '.join(str(exc).split())[:300]}"
             with session.lock():
                 frozen = next(t for t in session.trials() if t.number == trial.number)
                 if frozen.state == TrialState.RUNNING:
-                    _retry(session, frozen, f"interrupted: {type(exc).__name__}")
+                    _retry(session, frozen, reason)
             raise
         outcomes.append(outcome)
         echo(outcome)

@@ -85,12 +85,13 @@ def set_parent_status(session: Session, status: str) -> None:
 
 
 def end_orphan_runs(session: Session, number: int, reason: str) -> None:
-    """End the RUNNING MLflow runs of trial ``number`` (its worker died) as KILLED."""
-    query = (
-        f"tags.mlflow.parentRunId = '{session.parent_run_id}' and "
-        f"tags.`{A}trial` = '{number}' and attributes.status = 'RUNNING'"
-    )
+    """End the MLflow runs of the retried trial ``number`` (its worker died) as KILLED: a
+    RUNNING one, and a FINISHED one whose result never reached the storage (the database was
+    unreachable past its limit), so a failed trial never shows a finished run."""
+    query = f"tags.mlflow.parentRunId = '{session.parent_run_id}' and tags.`{A}trial` = '{number}'"
     with mlflow_client(session.uri) as client:
         for run in client.search_runs([session.experiment_id], query):
+            if run.info.status == "KILLED":
+                continue
             client.set_tag(run.info.run_id, A + "error", f"killed: {reason}")
             client.set_terminated(run.info.run_id, "KILLED")

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from jepa_lab.spec.load import SpecError
 from jepa_lab.spec.plan import StudyPlan
 from jepa_lab.study.session import Session
+from jepa_lab.study.storage import StudyError
 from jepa_lab.study.tracking import ERROR, FAIL_REASON, RETRIED_BY, RUN_ID, A
 from jepa_lab.track.store import TrackingError
 from jepa_lab.track.writer import Tracking
@@ -183,7 +184,7 @@ def run_trial(
             logger.log_result(result, None)
             finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
             trial.set_user_attr(A + "metrics", finite)
-    except (TrackingError, DataError):
+    except (TrackingError, DataError, StudyError):  # infra: the caller retries the trial
         raise
     except Exception as exc:  # the trial's own failure: recorded, and the study goes on
         reason = failure_reason(exc)
