@@ -33,6 +33,7 @@ def trial_rows(session: Session) -> list[dict[str, Any]]:
                 "error": attrs.get(ERROR, ""),
                 "settings": attrs.get(A + "settings", {}),
                 "metrics": attrs.get(A + "metrics", {}),
+                "predictions": attrs.get(A + "predictions", {}),
                 "values": trial.values,
             }
         )
