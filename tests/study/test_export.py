@@ -284,6 +284,8 @@ def test_every_format_round_trips(fmt: str, tmp_path: Path) -> None:
 
 def test_plots_are_written(tmp_path: Path) -> None:
     table = export.aggregate(export.trials_frame(rows()), MIN_MIN, ["strategy.kind"])
+    table["front_prob"] = [1.0, 0.5]  # sigreg's membership uncertain: marked in the plot
+    assert "diag/sigreg lo" in table  # error bars from the CIs
     front = export.front(table, MIN_MIN)
     for name in ("p.png", "p.html"):
         path = pareto_plot.plot(table, front, MIN_MIN, tmp_path / name, "title")
