@@ -306,7 +306,8 @@ def status(
 
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    _, _, front, volume = sr.tables(session)
+    found = sr.tables(session)
+    front, volume = found.front, found.hypervolume
     counts = sr.counts(session)
     out = stdout_console()
     out.print(
@@ -321,7 +322,7 @@ def status(
     if failures:
         out.print(failures_table(failures), highlight=False)
     out.print(front_table(front, session))
-    out.print(volume_line(session, volume), highlight=False)
+    out.print(volume_line(session, volume, found.hypervolume_ci), highlight=False)
 
 
 def export(
@@ -344,8 +345,9 @@ def export(
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """The Pareto-front table (mean/std/n over seeds, Welch tests) in a file format; --all: every
-    configuration, and every failed trial with its reason and retry."""
+    """The Pareto-front table (means with 95 % CIs over seeds, paired comparisons with Holm
+    p-values, front probabilities) in a file format; --all: every configuration, and every failed
+    trial with its reason and retry."""
     from jepa_lab.cli.tables import volume_line
     from jepa_lab.study import export as ex
     from jepa_lab.study import results as sr
@@ -358,14 +360,15 @@ def export(
         fail("parquet is binary: give an output file with -o FILE.parquet")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    trials, summary, front, volume = sr.tables(session)
+    found = sr.tables(session)
+    volume = found.hypervolume
     rows = ex.export_table(
-        summary if all_configs else front,
+        found.summary if all_configs else found.front,
         plan.spec.objectives,
         sr.setting_keys(plan),
-        trials if all_configs else None,  # --all: the failed trials and their reasons too
+        found.trials if all_configs else None,  # --all: the failed trials and their reasons too
     )
-    text = ex.render(rows, chosen, sr.export_meta(session, volume), output)
+    text = ex.render(rows, chosen, sr.export_meta(session, found), output)
     if text is not None:
         sys.stdout.write(text)
         print(volume_line(session, volume), file=sys.stderr)
@@ -391,7 +394,8 @@ def plot(
         fail(f"{output}: plot to a .png or an .html file")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    _, summary, front, volume = sr.tables(session)
+    found = sr.tables(session)
+    summary, front, volume = found.summary, found.front, found.hypervolume
     if summary.empty:
         fail(f"study {plan.name} has no complete trial yet: nothing to plot")
     pareto_plot.plot(

@@ -3,6 +3,8 @@
 Every encoder (trained, random-init, raw pixels) goes through the same features -> probe
 procedure, on the same fixed probe subset (independent of the run seed, so runs are compared on
 identical images). Baselines that do not depend on trained weights are cached on disk and reused.
+The probes' per-image test predictions (``pred/*``, compact text) are kept beside the metrics,
+so studies can pair two encoders image by image (McNemar, a bootstrap over test images).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +25,7 @@ from jepa_lab.core.objective import jepa_losses, normalise_targets
 from jepa_lab.core.strategies import Strategy
 from jepa_lab.data.datasets import Dataset, normalise
 from jepa_lab.eval.diagnostics import mean_std, positional_share, rankme, sigreg_statistic
-from jepa_lab.eval.probe import fit_probe, knn_accuracy, pooled_features
+from jepa_lab.eval.probe import encode_classes, fit_probe, knn_accuracy, pooled_features
 from jepa_lab.spec.experiment import PATCH_INITS, ExperimentSpec, ModelSpec
 
 Progress = Callable[[str, int, int], None]
@@ -31,8 +34,12 @@ Features = tuple[torch.Tensor, torch.Tensor]  # (train (n, D), test (m, D))
 PROBE_SEED = 0  # the probe subset and its validation split are the same for every run
 # Bumped whenever the probe procedure changes what it returns, so cached baselines are refitted.
 # 2: the validation split is drawn by image index (the same images for every encoder).
-PROBE_VERSION = 2
+# 3: the cached scores carry the per-image test predictions and the validation size.
+PROBE_VERSION = 3
 HELD_OUT = 1024  # test images scored for held-out prediction loss and positional share
+# The per-image predictions a result keeps: the trained encoder's, the strongest random init's,
+# raw pixels', and the test labels they are scored against.
+PREDICTIONS = ("pred/probe", "pred/random_probe", "pred/pixel_probe", "pred/labels")
 
 
 def cache_dir() -> Path:
@@ -65,6 +72,7 @@ def _features(
 
 
 def _scores(prefix: str, features: Features, spec: ExperimentSpec, data: Dataset) -> dict:
+    """Probe and kNN scores (floats) and the probe's test predictions (``pred/<prefix>probe``)."""
     index = probe_subset(len(data.train_labels), spec.eval.probe_train)
     train_y, test_y = data.train_labels.cpu()[index], data.test_labels.cpu()
     probe = fit_probe(features[0], train_y, features[1], test_y, spec.eval, PROBE_SEED, index)
@@ -74,8 +82,10 @@ def _scores(prefix: str, features: Features, spec: ExperimentSpec, data: Dataset
     return {
         f"eval/{prefix}probe_acc": probe.test_acc,
         f"eval/{prefix}probe_val_acc": probe.val_acc,
+        f"eval/{prefix}probe_val_n": float(probe.val_size),
         f"eval/{prefix}probe_l2": probe.l2,
         f"eval/{prefix}knn_acc": knn,
+        f"pred/{prefix}probe": encode_classes(probe.test_pred),
     }
 
 
@@ -93,14 +103,15 @@ def _cached(key: dict, compute: Callable[[], dict]) -> dict:
     return values
 
 
-def baselines(spec: ExperimentSpec, data: Dataset, device: torch.device) -> dict[str, float]:
+def baselines(spec: ExperimentSpec, data: Dataset, device: torch.device) -> dict[str, Any]:
     """Probe and kNN on raw pixels and on random-init encoders of the same shape and seed.
 
     A random-init encoder is scored for every initialisation the framework offers
     (``eval/random_<init>_*``); ``eval/random_*`` repeats the strongest of them, so a weak
     initialisation can never make the bar a trained encoder must clear lower. The strongest is
     chosen on the probe's *validation* accuracy (ties: the first in PATCH_INITS) and reported with
-    its test accuracy: choosing on test would raise the bar by test-sampling luck.
+    its test accuracy: choosing on test would raise the bar by test-sampling luck. Beside the
+    float metrics: the probes' test predictions (``pred/*`` text).
     """
     data_key = {
         "probe": PROBE_VERSION,
@@ -114,7 +125,7 @@ def baselines(spec: ExperimentSpec, data: Dataset, device: torch.device) -> dict
                        spec, data)  # fmt: skip
 
     metrics = _cached({**data_key, "kind": "pixels"}, pixels)
-    strongest: dict[str, float] = {}
+    strongest: dict[str, Any] = {}
     for init in PATCH_INITS:
         shape = spec.model.model_copy(update={"patch_init": init})
 
@@ -192,6 +203,7 @@ def probe_now(
     with _evaluating(model, strategy):
         features = _features(strategy.eval_encoder(model.encoder), spec, data, device)
         scores = _scores("", features, spec, data)
+        scores.pop("pred/probe")
     diag = {"diag/rankme": rankme(features[1]), "diag/std": mean_std(features[1])}
     return curve_point(scores | diag)
 
@@ -203,20 +215,28 @@ def evaluate(
     strategy: Strategy,
     device: torch.device,
     progress: Progress,
+    predictions: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """All evaluation metrics of a trained model (``eval/*`` and ``diag/*``)."""
+    """All evaluation metrics of a trained model (``eval/*`` and ``diag/*``).
+
+    ``predictions``, if given, receives the per-image test predictions of the probes
+    (:data:`PREDICTIONS`, as :func:`jepa_lab.eval.probe.encode_classes` text).
+    """
     with _evaluating(model, strategy):
         encoder = strategy.eval_encoder(model.encoder)
         progress("evaluate", 0, 3)
         features = _features(encoder, spec, data, device)
-        metrics = _scores("", features, spec, data)
+        scores = _scores("", features, spec, data)
         progress("evaluate", 1, 3)
-        metrics |= diagnostics(spec, data, model, strategy, features[1], device)
+        scores |= diagnostics(spec, data, model, strategy, features[1], device)
         progress("evaluate", 2, 3)
         if spec.eval.baselines:
-            metrics |= baselines(spec, data, device)
-            metrics["eval/gain_over_random"] = (
-                metrics["eval/probe_acc"] - metrics["eval/random_probe_acc"]
+            scores |= baselines(spec, data, device)
+            scores["eval/gain_over_random"] = (
+                scores["eval/probe_acc"] - scores["eval/random_probe_acc"]
             )
         progress("evaluate", 3, 3)
-    return metrics
+    if predictions is not None:
+        scores["pred/labels"] = encode_classes(data.test_labels)
+        predictions.update({k: scores[k] for k in PREDICTIONS if k in scores})
+    return {k: float(v) for k, v in scores.items() if not k.startswith("pred/")}

@@ -8,9 +8,11 @@ test split is scored once, with the chosen model.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,11 @@ class ProbeResult:
     val_acc: float  # accuracy on the validation split for the chosen l2
     l2: float  # chosen L2 strength
     iterations: int  # L-BFGS iterations of the final fit
+    # (M,) predicted class of every test image, as uint8 bytes in the order of test_x: what the
+    # paired tests (McNemar, bootstrap over images) read. Not compared: a permuted test split
+    # predicts the same classes in another order.
+    test_pred: bytes = field(default=b"", compare=False, repr=False)
+    val_size: int = 0  # images in the validation split (the n of val_acc's binomial CI)
 
 
 def _check_labelled(x: Tensor, y: Tensor, name: str) -> None:
@@ -144,6 +151,25 @@ def _accuracy(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor) -> float:
     return float((F.linear(x, weight, bias).argmax(1) == y).double().mean())
 
 
+def encode_classes(classes: Tensor | bytes) -> str:
+    """(M,) class ids in [0, 256) as text: zlib-compressed uint8 bytes in base64.
+
+    10,000 Fashion-MNIST predictions take ~6 KB, small enough for result.json and a study's
+    trial attributes.
+    """
+    if isinstance(classes, Tensor):
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) > 255):
+            raise ValueError("class ids must lie in [0, 256) to be stored as uint8")
+        classes = classes.detach().to("cpu", torch.uint8).numpy().tobytes()
+    return base64.b64encode(zlib.compress(classes, 9)).decode("ascii")
+
+
+def decode_classes(text: str) -> Tensor:
+    """The (M,) int64 class ids :func:`encode_classes` stored."""
+    raw = zlib.decompress(base64.b64decode(text))
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(torch.int64)
+
+
 def fit_probe(
     train_x: Tensor,
     train_y: Tensor,
@@ -210,8 +236,16 @@ def fit_probe(
 
     weight, bias, iterations = _fit(x, onehot, l2, spec.max_iter, _principal_axes(x), chosen)
     test = ((test - mean) / std).to(_DTYPE)
-    test_acc = _accuracy(test, test_y.detach().to("cpu", torch.int64), weight, bias)
-    return ProbeResult(test_acc=test_acc, val_acc=val_acc, l2=l2, iterations=iterations)
+    predicted = F.linear(test, weight, bias).argmax(1)  # (M,)
+    test_acc = float((predicted == test_y.detach().to("cpu", torch.int64)).double().mean())
+    return ProbeResult(
+        test_acc=test_acc,
+        val_acc=val_acc,
+        l2=l2,
+        iterations=iterations,
+        test_pred=predicted.to(torch.uint8).numpy().tobytes() if n_classes <= 256 else b"",
+        val_size=n_val,
+    )
 
 
 def knn_accuracy(

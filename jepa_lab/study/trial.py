@@ -184,6 +184,7 @@ def run_trial(
             logger.log_result(result, None)
             finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
             trial.set_user_attr(A + "metrics", finite)
+            trial.set_user_attr(A + "predictions", result.predictions)
     except (TrackingError, DataError, StudyError):  # infra: the caller retries the trial
         raise
     except Exception as exc:  # the trial's own failure: recorded, and the study goes on

@@ -273,7 +273,9 @@ def _run(
         result.completed = False
         return result
     if world.is_main:
-        result.metrics = evaluate(spec, data, model, strategy, device, progress)
+        result.metrics = evaluate(
+            spec, data, model, strategy, device, progress, predictions=result.predictions
+        )
         log(result.metrics, stop)
         if spec.eval.every:
             result.curve.append({"step": float(stop), **curve_point(result.metrics)})

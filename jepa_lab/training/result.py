@@ -18,6 +18,9 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     curve: list[dict[str, float]] = field(default_factory=list)  # probe against steps
+    # Per-image test predictions of the probes (jepa_lab.eval.evaluate.PREDICTIONS -> compact
+    # text): what paired tests over test images read.
+    predictions: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, str | bool | None] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)  # name, digest, sizes: no host paths
     train_seconds: float = 0.0
@@ -42,6 +45,7 @@ class TrainResult:
             "images_per_second": self.images_per_second,
             "history": self.history,
             "curve": self.curve,
+            "predictions": self.predictions,
             "dataset": self.dataset,
             "provenance": self.provenance,
         }

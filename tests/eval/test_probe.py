@@ -10,6 +10,8 @@ import torch
 from jepa_lab.eval.probe import (
     ProbeResult,
     _canonical_order,
+    decode_classes,
+    encode_classes,
     fit_probe,
     knn_accuracy,
     pooled_features,
@@ -193,3 +195,25 @@ def test_pooled_features_rejects_pooled_encoders() -> None:
     images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
     with pytest.raises(ValueError, match="tokens"):
         pooled_features(lambda x: x.flatten(1), lambda x: x.float(), images, 2, "cpu")
+
+
+def test_probe_keeps_its_test_predictions_in_test_order() -> None:
+    train_x, train_y = _blobs(400, spread=3.0, seed=0)
+    test_x, test_y = _blobs(300, spread=3.0, seed=1)
+    result = fit_probe(train_x, train_y, test_x, test_y, SPEC, seed=0)
+    predicted = decode_classes(encode_classes(result.test_pred))
+    assert predicted.shape == test_y.shape
+    assert float((predicted == test_y).double().mean()) == result.test_acc
+    assert result.val_size == round(SPEC.val_fraction * 400)
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(3))
+    permuted = fit_probe(train_x, train_y, test_x[perm], test_y[perm], SPEC, seed=0)
+    assert torch.equal(decode_classes(encode_classes(permuted.test_pred)), predicted[perm])
+
+
+def test_encoded_classes_round_trip_compactly() -> None:
+    classes = torch.randint(0, 10, (10_000,), generator=torch.Generator().manual_seed(0))
+    text = encode_classes(classes)
+    assert torch.equal(decode_classes(text), classes)
+    assert len(text) < 8_000  # ~3.3 bits of entropy per image, in base64
+    with pytest.raises(ValueError, match="uint8"):
+        encode_classes(torch.tensor([0, 300]))

@@ -360,7 +360,7 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
     done = cli("run", str(path), "--workers", "2", "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[w0]" in done.stderr and "[w1]" in done.stderr  # two local worker processes
-    assert "p vs random" in done.stdout and "hypervolume" in done.stdout
+    assert "vs random init" in done.stdout and "hypervolume" in done.stdout  # was "p vs random"
     loaded = check_consistent(home, journal(home, "grid"), "grid", 4)
     cells = {(t.params["strategy.kind"], t.params["seed"]) for t in loaded.get_trials()}
     assert cells == {(k, s) for k in ("ema", "sigreg") for s in (0, 1)}
