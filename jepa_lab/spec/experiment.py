@@ -112,6 +112,14 @@ class MultiBlockMaskSpec(Spec):
         description="Fewest context tokens an image keeps; where the context block minus the "
         "targets has fewer, the whole grid minus the targets is used instead.",
     )
+    context: Literal["truncate", "pad"] = Field(
+        "truncate",
+        description="How images with different context sizes share a batch. 'truncate' (as "
+        "I-JEPA) cuts every image's context to the batch minimum, which on a 4x4 grid leaves ~5 "
+        "of 16 tokens; 'pad' keeps each image's own context and pads the rest with tokens that "
+        "attention masks out (they never influence an output). truncate until "
+        "studies/context_padding.yaml has chosen on validation.",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> MultiBlockMaskSpec:
@@ -379,6 +387,22 @@ class ExperimentSpec(Spec):
                     "model.patch_size",
                     "data.image_size",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _padding(self) -> ExperimentSpec:
+        padded = isinstance(self.mask, MultiBlockMaskSpec) and self.mask.context == "pad"
+        strategy = self.strategy
+        on_context = isinstance(strategy, SigregSpec) and strategy.embeddings.startswith("context")
+        if padded and on_context:
+            # SIGReg would see the padded entries' meaningless rows as embeddings.
+            raise FieldError(
+                "mask.context: pad leaves padding rows in the context pass, which SIGReg on "
+                "'context_*' embeddings would regularise: use strategy.embeddings: target_tokens "
+                "or target_pooled, or mask.context: truncate",
+                "mask.context",
+                "strategy.embeddings",
+            )
         return self
 
     @property
