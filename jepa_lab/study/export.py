@@ -34,7 +34,7 @@ REPORTED = (
     "diag/std",
     "diag/positional_share",
     "diag/pred_loss",
-    "diag/sigreg",
+    "diag/sigreg_pooled",
 )
 WELCH_METRIC = "eval/probe_acc"  # the headline claim the p-values test
 
