@@ -73,16 +73,27 @@ def summary_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
     def num(key: str, fmt: str = ".4g") -> str:
         return format(metrics[key], fmt) if key in metrics else "-"
 
+    def val(key: str) -> str:
+        ci = metrics.get(f"{key}_ci")
+        return pct(key) if ci is None else f"{pct(key)} +- {100 * ci:.2f}"
+
+    def tokens() -> str:
+        return f"{num('diag/context_tokens', '.1f')} / {num('diag/target_tokens', '.1f')}"
+
     rows = [
         ("linear probe (test)", pct("eval/probe_acc")),
+        ("linear probe (validation)", val("eval/probe_val_acc")),
         ("kNN (test)", pct("eval/knn_acc")),
         ("random-init probe", pct("eval/random_probe_acc")),
         ("raw-pixel probe", pct("eval/pixel_probe_acc")),
         ("gain over random init", pct("eval/gain_over_random")),
         ("RankMe", num("diag/rankme")),
         ("per-dim std", num("diag/std")),
-        ("SIGReg statistic", num("diag/sigreg")),
-        ("held-out prediction loss", num("diag/pred_loss")),
+        ("SIGReg statistic (pooled features)", num("diag/sigreg_pooled")),
+        ("SIGReg statistic (what SIGReg regularises)", num("diag/sigreg_regularised")),
+        ("prediction error (MSE to LayerNorm'd targets)", num("diag/pred_loss")),
+        ("own training loss (held-out images)", num("diag/train_loss_heldout")),
+        ("context / target tokens per image", tokens()),
         ("positional share", num("diag/positional_share", ".3f")),
     ]
     if "eval/gain_over_random" in metrics and metrics["eval/gain_over_random"] <= 0:

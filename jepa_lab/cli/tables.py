@@ -77,7 +77,7 @@ def summary_table(summary: Any, session: Session) -> Any:
     diagnostics = [
         ("RankMe", "diag/rankme"),
         ("per-dim std", "diag/std"),
-        ("SIGReg stat.", "diag/sigreg"),
+        ("SIGReg stat. (pooled)", "diag/sigreg_pooled"),
         ("pos. share", "diag/positional_share"),
         ("pred. loss", "diag/pred_loss"),
     ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest
 from torch import Tensor
 
 from jepa_lab.spec.experiment import EvalSpec
@@ -53,6 +54,17 @@ class ProbeResult:
     # predicts the same classes in another order.
     test_pred: bytes = field(default=b"", compare=False, repr=False)
     val_size: int = 0  # images in the validation split (the n of val_acc's binomial CI)
+    val_ci: float = float("nan")  # half-width of the 95 % Wilson interval of val_acc
+
+
+def wilson_half_width(correct: int, total: int, confidence: float = 0.95) -> float:
+    """Half the width of the Wilson score interval of ``correct`` successes in ``total`` trials.
+
+    The interval is not centred on correct / total; its half-width is what a table shows as +-,
+    so two accuracies whose intervals overlap widely are not told apart by their split.
+    """
+    ci = binomtest(correct, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.high - ci.low) / 2
 
 
 def _check_labelled(x: Tensor, y: Tensor, name: str) -> None:
@@ -184,7 +196,7 @@ def fit_probe(
     train_x (N, D), test_x (M, D) features of any float dtype (computed in float32 on the CPU);
     train_y (N,), test_y (M,) integer labels in [0, C), C = max(train_y) + 1; train_ids (N,)
     unique integer identities of the training samples, or None. Features are standardised with
-    the mean and std of train_x. The validation split (``spec.val_fraction`` of N) is taken by a
+    the mean and std of train_x. The validation split (``spec.val_size`` samples) is taken by a
     seeded hash of each sample's id (of its content without ids), not by position, so the result
     does not depend on the order of the samples, and with ids every encoder is validated on the
     same samples. The L2 grid is walked from the largest value down, each fit warm-started from
@@ -197,9 +209,12 @@ def fit_probe(
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"train has {train_x.shape[1]} features, test {test_x.shape[1]}")
     n = train_x.shape[0]
-    n_val = round(spec.val_fraction * n)
+    n_val = spec.val_size
     if not 1 <= n_val <= n - 1:
-        raise ValueError(f"val_fraction {spec.val_fraction} of {n} samples leaves an empty split")
+        raise ValueError(
+            f"eval.val_size {n_val} of {n} training samples leaves nothing to fit the probe on: "
+            "lower eval.val_size"
+        )
     if train_ids is not None and (train_ids.shape != train_y.shape or len(train_ids.unique()) != n):
         raise ValueError(f"train_ids must be {n} unique ids, one per training sample")
     if min(spec.l2_grid) < 0:
@@ -245,6 +260,7 @@ def fit_probe(
         iterations=iterations,
         test_pred=predicted.to(torch.uint8).numpy().tobytes() if n_classes <= 256 else b"",
         val_size=n_val,
+        val_ci=wilson_half_width(round(val_acc * n_val), n_val),
     )
 
 

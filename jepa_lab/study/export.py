@@ -39,7 +39,7 @@ REPORTED = (
     "diag/std",
     "diag/positional_share",
     "diag/pred_loss",
-    "diag/sigreg",
+    "diag/sigreg_pooled",
 )
 CLAIM = "eval/probe_acc"  # the headline claim the paired comparisons test
 # Comparisons with a configuration's own baselines: name -> (its metric, its predictions).

@@ -72,7 +72,7 @@ def global_batch(
     images = augment(data.train_images[index], spec.data.augment, data.mean, data.std, generator)
     masks = sample_masks(spec.mask, spec.grid, batch, derive_seed("masks", spec.seed, step))
     if device.type == "cuda":  # pinned, so the copy does not wait for the device queue
-        masks = Masks(masks.context.pin_memory(), masks.targets.pin_memory())
+        masks = masks.pin_memory()
     return images, masks.to(device)
 
 

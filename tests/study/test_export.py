@@ -20,7 +20,7 @@ from jepa_lab.study import plot as pareto_plot
 
 MIN_MIN = [
     ObjectiveSpec(metric="diag/pred_loss", direction="minimize", reference=2.0),
-    ObjectiveSpec(metric="diag/sigreg", direction="minimize", reference=100.0),
+    ObjectiveSpec(metric="diag/sigreg_pooled", direction="minimize", reference=100.0),
 ]
 
 
@@ -137,7 +137,7 @@ def rows() -> list[dict]:
                         "eval/probe_acc": value,
                         "eval/random_probe_acc": 0.60 + 0.01 * seed,
                         "diag/pred_loss": 0.5 if kind == "ema" else 0.6,
-                        "diag/sigreg": 50.0 if kind == "ema" else 5.0 + seed,
+                        "diag/sigreg_pooled": 50.0 if kind == "ema" else 5.0 + seed,
                     },
                 }
             )
@@ -204,7 +204,7 @@ def test_front_deduplicates_identical_configurations() -> None:
             "trial": 0,
             "config_id": "a",
             "mlflow_run_id": "r0",
-            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg": 9.0},
+            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg_pooled": 9.0},
         },
         {
             **base,
@@ -212,14 +212,14 @@ def test_front_deduplicates_identical_configurations() -> None:
             "config_id": "b",
             "mlflow_run_id": "r1",
             "settings": {"strategy.lambda": 0.2},
-            "metrics": {"diag/pred_loss": 0.5, "diag/sigreg": 3.0},
+            "metrics": {"diag/pred_loss": 0.5, "diag/sigreg_pooled": 3.0},
         },
         {
             **base,
             "trial": 2,
             "config_id": "a",
             "mlflow_run_id": "r2",
-            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg": 9.0},
+            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg_pooled": 9.0},
         },
         {
             **base,
@@ -227,7 +227,7 @@ def test_front_deduplicates_identical_configurations() -> None:
             "config_id": "c",
             "mlflow_run_id": "r3",
             "settings": {"strategy.lambda": 0.3},
-            "metrics": {"diag/pred_loss": 0.6, "diag/sigreg": 9.5},
+            "metrics": {"diag/pred_loss": 0.6, "diag/sigreg_pooled": 9.5},
         },
     ]
     table = export.aggregate(export.trials_frame(data), MIN_MIN, ["strategy.lambda"])
@@ -285,7 +285,7 @@ def test_every_format_round_trips(fmt: str, tmp_path: Path) -> None:
 def test_plots_are_written(tmp_path: Path) -> None:
     table = export.aggregate(export.trials_frame(rows()), MIN_MIN, ["strategy.kind"])
     table["front_prob"] = [1.0, 0.5]  # sigreg's membership uncertain: marked in the plot
-    assert "diag/sigreg lo" in table  # error bars from the CIs
+    assert "diag/sigreg_pooled lo" in table  # error bars from the CIs
     front = export.front(table, MIN_MIN)
     for name in ("p.png", "p.html"):
         path = pareto_plot.plot(table, front, MIN_MIN, tmp_path / name, "title")

@@ -305,7 +305,7 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
     def train(spec: Any, **kwargs: Any) -> Any:  # fast and scripted: the bookkeeping is tested
         if spec.strategy.kind == "sigreg":
             raise jepa_lab.training.loop.NonFiniteError("loss became non-finite at step 3: smoke")
-        metrics = {"diag/pred_loss": 0.4, "diag/sigreg": 9.0, "eval/probe_acc": 0.5}
+        metrics = {"diag/pred_loss": 0.4, "diag/sigreg_pooled": 9.0, "eval/probe_acc": 0.5}
         dataset = {"name": "synthetic", "digest": "0" * 64, "origin": "generated"}
         return TrainResult(spec, steps=6, metrics=metrics, dataset=dataset)
 
@@ -353,7 +353,7 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
         seeds=[0, 1],
         objectives=[
             {"metric": "diag/pred_loss", "direction": "minimize", "reference": 2.0},
-            {"metric": "diag/sigreg", "direction": "minimize", "reference": 1200.0},
+            {"metric": "diag/sigreg_pooled", "direction": "minimize", "reference": 1200.0},
             {"metric": "eval/probe_acc", "direction": "maximize", "reference": 0.0},
         ],
     )

@@ -40,8 +40,11 @@ def test_each_strategy_trains_with_a_finite_falling_loss(smoke_path: Path, kind:
     assert losses[-1] < losses[0]
     assert [step for _, step in logged] == [10, 20, 30, 30]
     metrics = result.metrics
-    assert {"eval/probe_acc", "eval/knn_acc", "diag/rankme", "diag/std", "diag/sigreg",
-            "diag/pred_loss", "diag/positional_share"} <= set(metrics)  # fmt: skip
+    assert {"eval/probe_acc", "eval/knn_acc", "diag/rankme", "diag/std", "diag/sigreg_pooled",
+            "diag/pred_loss", "diag/train_loss_heldout", "diag/positional_share",
+            "diag/context_tokens", "diag/target_tokens",
+            "eval/probe_val_acc_ci"} <= set(metrics)  # fmt: skip
+    assert ("diag/sigreg_regularised" in metrics) == kind.startswith("sigreg")
     if kind.startswith("sigreg"):
         assert all(row["train/loss_reg"] > 0 for row in result.history)
     if kind == "ema":
