@@ -30,8 +30,14 @@ Metric = Literal[
     "eval/random_probe_acc",
     "eval/pixel_probe_acc",
     "eval/gain_over_random",
+    # world models (kind: world_model): validation numbers only, so a search never reads test
+    "wm/val_nmse_final",
+    "wm/val_success",
+    "wm/val_effort",
 ]
 # Metrics that exist only when the experiment evaluates its baselines (eval.baselines: true).
+# Metrics of world-model runs; the others are metrics of image runs.
+WORLD_PREFIXES = ("wm/",)
 BASELINE_METRICS = {"eval/random_probe_acc", "eval/pixel_probe_acc", "eval/gain_over_random"}
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 DottedKey = str
