@@ -77,7 +77,13 @@ class WorldModelSpec(Spec):
     """CNN encoder -> MLP projector with BatchNorm -> latent; residual MLP predictor."""
 
     latent: int = Field(64, ge=2, le=1024, description="Latent dimension D.")
-    channels: int = Field(32, ge=4, le=256, description="Width of the CNN encoder's first layer.")
+      channels: int = Field(
+        16,
+        ge=4,
+        le=256,
+        description="Width of the CNN encoder's first layer (doubled twice). 16: a training step "
+        "costs ~4x less on a CPU than at 32 channels.",
+    )
     projector_hidden: int = Field(
         256,
         ge=8,
