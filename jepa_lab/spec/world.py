@@ -77,7 +77,7 @@ class WorldModelSpec(Spec):
     """CNN encoder -> MLP projector with BatchNorm -> latent; residual MLP predictor."""
 
     latent: int = Field(64, ge=2, le=1024, description="Latent dimension D.")
-      channels: int = Field(
+    channels: int = Field(
         16,
         ge=4,
         le=256,
