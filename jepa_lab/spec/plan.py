@@ -33,7 +33,7 @@ from jepa_lab.spec.load import (
     validate,
     validate_any,
 )
-from jepa_lab.spec.study import BASELINE_METRICS, WORLD_PREFIXES, SearchSpec, StudySpec
+from jepa_lab.spec.study import BASELINE_METRICS, IMAGE_ONLY, WORLD_PREFIXES, SearchSpec, StudySpec
 from jepa_lab.spec.world import WorldSpec
 
 
@@ -195,7 +195,8 @@ def _check_objectives(plan: StudyPlan, spec: AnySpec, where: str) -> list[str]:
     for index, objective in enumerate(plan.spec.objectives):
         lines = plan.source.lines
         line = lines.get(("objectives", index, "metric")) or lines.get(("objectives", index), 1)
-        if world != objective.metric.startswith(WORLD_PREFIXES):
+        image_only = objective.metric in IMAGE_ONLY or objective.metric.startswith("eval/")
+        if objective.metric.startswith(WORLD_PREFIXES) if not world else image_only:
             kind = "a world-model" if world else "an image"
             problems.append(
                 f"{plan.source.path}:{line}: objectives.{index}.metric: {objective.metric} is "

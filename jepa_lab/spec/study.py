@@ -38,6 +38,8 @@ Metric = Literal[
 # Metrics that exist only when the experiment evaluates its baselines (eval.baselines: true).
 # Metrics of world-model runs; the others are metrics of image runs.
 WORLD_PREFIXES = ("wm/",)
+# Of the shared diag/* metrics, those only image runs have (eval/* are image-only too).
+IMAGE_ONLY = {"diag/pred_loss", "diag/positional_share"}
 BASELINE_METRICS = {"eval/random_probe_acc", "eval/pixel_probe_acc", "eval/gain_over_random"}
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 DottedKey = str
