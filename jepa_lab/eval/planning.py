@@ -141,7 +141,8 @@ def run_episodes(
             plan = torch.stack([angle.cos(), angle.sin()], -1) * size.unsqueeze(-1)
         else:
             began = time.perf_counter()
-            plan = planner(pos, horizon, seed + start)
+            # the goal is judged at the episode's end: never plan past it
+            plan = planner(pos, min(horizon, spec.max_steps - start), seed + start)
             seconds += time.perf_counter() - began
         for k in range(min(every, plan.shape[1], spec.max_steps - start)):
             pos = tworooms.step(pos, plan[:, k], env)
