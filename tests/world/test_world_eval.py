@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -108,4 +109,4 @@ def test_quick_preset_writes_every_metric_and_reruns_identically() -> None:
         math.isclose(v, again[k], rel_tol=1e-5) or (math.isnan(v) and math.isnan(again[k]))
         for k, v in same.items()
     )
-    assert first.to_dict()["series"] == second.to_dict()["series"]
+    assert json.dumps(first.series) == json.dumps(second.series)  # NaN-aware
