@@ -13,7 +13,7 @@ with a batch of one.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -31,7 +31,10 @@ class TwoRoomsEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     ``max_step``. Reward: minus the distance to the goal; terminated within ``success_radius``.
     ``options={"room": 0|1, "goal_room": 0|1}`` fixes the rooms of the start and goal."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {  # noqa: RUF012  (gymnasium declares it an instance variable)
+        "render_modes": ["rgb_array"],
+        "render_fps": 10,
+    }
 
     def __init__(self, render_mode: str | None = None, **settings: Any) -> None:
         self.spec_ = TwoRoomsSpec.model_validate(settings)
@@ -76,7 +79,7 @@ class TwoRoomsEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         terminated = distance <= self.spec_.success_radius
         return self._obs(), -distance, terminated, False, self._info()
 
-    def render(self) -> np.ndarray:  # type: ignore[override]
+    def render(self) -> np.ndarray:
         """(S, S, 3) uint8: the agent red, the walls grey."""
         image = self._obs()
         rgb = np.zeros((*image.shape[1:], 3), np.uint8)

@@ -69,7 +69,7 @@ def latent_planner(
         weights = step_weights(horizon, spec.planning.cost)
 
         def cost(_: Tensor, actions: Tensor) -> Tensor:
-            e, n, h, _ = actions.shape
+            e, n, h = actions.shape[:3]
             start = z0.repeat_interleave(n, 0)
             pred = rollout(model, start, actions.reshape(e * n, h, 2), correction)
             distance = (pred - goal_z.repeat_interleave(n, 0).unsqueeze(1)).norm(dim=-1)

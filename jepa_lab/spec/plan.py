@@ -23,11 +23,11 @@ import yaml
 from jepa_lab.spec.base import shorten
 from jepa_lab.spec.experiment import ExperimentSpec
 from jepa_lab.spec.load import (
+    AnySpec,
     Loc,
     Source,
     SpecDumper,
     SpecError,
-    AnySpec,
     apply_overrides,
     read_yaml,
     validate,
@@ -203,7 +203,11 @@ def _check_objectives(plan: StudyPlan, spec: AnySpec, where: str) -> list[str]:
                 f"not a metric of {kind} experiment{where}"
             )
             continue
-        if isinstance(spec, ExperimentSpec) and objective.metric in BASELINE_METRICS and not spec.eval.baselines:
+        if (
+            isinstance(spec, ExperimentSpec)
+            and objective.metric in BASELINE_METRICS
+            and not spec.eval.baselines
+        ):
             problems.append(
                 f"{plan.source.path}:{line}: objectives.{index}.metric: {objective.metric} needs "
                 f"eval.baselines: true{where}"

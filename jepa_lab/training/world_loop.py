@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -29,7 +30,12 @@ class WorldTrainingError(Exception):
     """World-model training cannot go on (a non-finite loss); the message names the step."""
 
 
-def train_world(spec: WorldSpec, log, progress, device: str | None) -> TrainResult:  # type: ignore[no-untyped-def]
+def train_world(
+    spec: WorldSpec,
+    log: Callable[[Mapping[str, float], int], None],
+    progress: Callable[[str, int, int], None],
+    device: str | None,
+) -> TrainResult:
     """Generate data, train ``spec``'s world model, evaluate it and return the result."""
     dev = pick_device(device)
     if dev.type == "cpu":

@@ -36,7 +36,7 @@ def test_corrections() -> None:
     bank = Bank(REAL[:1024], frozenset({1}))
     z = 3 * torch.randn(32, 16)
     for kind in ("none", "renorm", "knn"):
-        identity = build_correction(
+        identity = build_correction(  # alpha = 0 is the identity
             CorrectionSpec(kind=kind, alpha=0), REAL, bank, frozenset({2}), kind
         )
         assert torch.equal(identity(z), z)
@@ -52,7 +52,8 @@ def tiny_spec(**planning_settings: object) -> WorldSpec:
     return WorldSpec.model_validate({
         "kind": "world_model", "strategy": {"kind": "sigreg"},
         "optim": {"steps": 3, "batch_size": 16}, "data": {"trajectories": 32},
-        "eval": {"trajectories": 8, "probe_frames": 64}, "correction": {"kind": "knn", "bank_trajectories": 4},
+        "eval": {"trajectories": 8, "probe_frames": 64},
+        "correction": {"kind": "knn", "bank_trajectories": 4},
         "planning": {"episodes": 2, "val_episodes": 2, "samples": 8, "elites": 2, "iterations": 1,
                      "horizon": 2, "max_steps": 4, **planning_settings},
         "log_every": 1,
