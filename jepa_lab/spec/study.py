@@ -33,6 +33,10 @@ Metric = Literal[
     "eval/pixel_probe_acc",
     "eval/pixel_probe_val_acc",
     "eval/gain_over_random",
+    # world models (kind: world_model): validation numbers only, so a search never reads test
+    "wm/val_nmse_final",
+    "wm/val_success",
+    "wm/val_effort",
 ]
 # Metrics that exist only when the experiment evaluates its baselines (eval.baselines: true).
 BASELINE_METRICS = {
@@ -52,6 +56,10 @@ TEST_METRICS = {
     "eval/pixel_probe_acc": "eval/pixel_probe_val_acc",
     "eval/gain_over_random": "eval/probe_val_acc",
 }
+# Metrics of world-model runs; the others are metrics of image runs.
+WORLD_PREFIXES = ("wm/",)
+# Of the shared diag/* metrics, those only image runs have (eval/* are image-only too).
+IMAGE_ONLY = {"diag/pred_loss", "diag/train_loss_heldout", "diag/positional_share"}
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 DottedKey = str
 

@@ -41,6 +41,7 @@ from jepa_lab.track.store import TrackingError, TrackingUnavailable, call, one_l
 
 if TYPE_CHECKING:
     from jepa_lab.spec.experiment import ExperimentSpec
+    from jepa_lab.spec.world import WorldSpec
     from jepa_lab.training.result import TrainResult
 
 SPEC_ARTIFACT = "spec.yaml"
@@ -152,7 +153,7 @@ class RunLogger:
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
-    def log_spec(self, spec: ExperimentSpec) -> None:
+    def log_spec(self, spec: ExperimentSpec | WorldSpec) -> None:
         """The resolved spec as dotted params and ``spec.yaml``; identity and provenance tags."""
         from jepa_lab.training.provenance import git_state
 
@@ -197,6 +198,9 @@ class RunLogger:
         final["train/seconds"] = result.train_seconds
         final["train/images_per_second_avg"] = result.images_per_second
         self.log(final, result.steps)
+        for name, values in result.series.items():  # per-horizon arrays: the horizon is the step
+            for k, value in enumerate(values, start=1):
+                self.log({name: value}, k)
         self.flush()
         facts = {k: v for k, v in result.provenance.items() if k in ("device", "device_name")}
         self.set_tags({TAG + k: str(v) for k, v in facts.items()} | {

@@ -26,6 +26,7 @@ from jepa_lab.data.datasets import Dataset, augment, batch_indices, load_dataset
 from jepa_lab.data.seeds import derive_seed
 from jepa_lab.eval.evaluate import curve_point, evaluate, probe_now
 from jepa_lab.spec.experiment import ExperimentSpec, LossSpec
+from jepa_lab.spec.world import WorldSpec
 from jepa_lab.training.checkpoint import (
     EMPTY_WINDOW,
     Records,
@@ -36,6 +37,7 @@ from jepa_lab.training.distributed import World, checksum, join_world, leave_wor
 from jepa_lab.training.optim import build_optimizer, lr_at, weight_decay_at
 from jepa_lab.training.provenance import provenance
 from jepa_lab.training.result import TrainResult, describe
+from jepa_lab.training.world_loop import train_world
 
 Log = Callable[[Mapping[str, float], int], None]
 Progress = Callable[[str, int, int], None]
@@ -143,13 +145,19 @@ def _open_window(
 
 
 def train(
-    spec: ExperimentSpec,
+    spec: ExperimentSpec | WorldSpec,
     log: Log = nothing,
     progress: Progress = nothing,
     options: TrainOptions | None = None,
 ) -> TrainResult:
-    """Pre-train ``spec``, evaluate it (rank 0) and return the result."""
+    """Pre-train ``spec``, evaluate it (rank 0) and return the result. A world-model spec is
+    trained by :func:`jepa_lab.training.world_loop.train_world` (one process)."""
     options = options or TrainOptions()
+    if isinstance(spec, WorldSpec):
+        result = train_world(spec, log, progress, options.device)
+        if options.run_dir is not None:
+            options.run_dir.mkdir(parents=True, exist_ok=True)
+        return result
     device = pick_device(options.device)
     if device.type == "cpu":  # all cores, shared among the local ranks
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -8,12 +8,13 @@ from typing import Any
 
 from jepa_lab.data.datasets import Dataset
 from jepa_lab.spec.experiment import ExperimentSpec
+from jepa_lab.spec.world import WorldSpec
 from jepa_lab.training.checkpoint import Records
 
 
 @dataclass
 class TrainResult:
-    spec: ExperimentSpec
+    spec: ExperimentSpec | WorldSpec
     steps: int
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -26,6 +27,8 @@ class TrainResult:
     train_seconds: float = 0.0
     images_per_second: float = 0.0
     completed: bool = True
+    # per-horizon arrays (world models): logged as metrics with the horizon step (1..K) as step
+    series: dict[str, list[float]] = field(default_factory=dict)
 
     def records(self, window: list[float]) -> Records:
         """The logged rows, the probe curve and the open log ``window`` (Records): what a
@@ -46,6 +49,7 @@ class TrainResult:
             "history": self.history,
             "curve": self.curve,
             "predictions": self.predictions,
+            "series": self.series,
             "dataset": self.dataset,
             "provenance": self.provenance,
         }
