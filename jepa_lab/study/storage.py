@@ -154,8 +154,10 @@ def _repair_journal(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _pg_lock(url: str, name: str) -> Iterator[None]:
-    """A PostgreSQL session advisory lock named ``name``; freed if the connection dies."""
+def _pg_lock(url: str, name: str, *, retry: bool = True) -> Iterator[None]:
+    """A PostgreSQL session advisory lock named ``name``; freed if the connection dies.
+    ``retry``: a lost connection is retried (a study under way); without it a database that
+    does not answer fails at once (opening a storage: a wrong URL is one line, not a wait)."""
     import sqlalchemy
 
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
@@ -171,7 +173,7 @@ def _pg_lock(url: str, name: str) -> Iterator[None]:
         return connection
 
     try:
-        connection = retrying(lock, redact(url))
+        connection = retrying(lock, redact(url)) if retry else lock()
         try:
             yield
         finally:
@@ -234,7 +236,7 @@ def open_storage(
             return JournalStorage(JournalFileBackend(str(path), lock_obj=_FlockLock(str(path))))
         if storage.kind == "sqlite":
             return RDBStorage(storage.url, engine_kwargs={"connect_args": {"timeout": 60}})
-        with _pg_lock(storage.url, "jepa_lab.schema"), warnings.catch_warnings():
+        with _pg_lock(storage.url, "jepa_lab.schema", retry=False), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return _RetryingRDBStorage(  # one process at a time creates the tables
                 storage.url,
