@@ -167,7 +167,11 @@ class RunLogger:
         final["train/images_per_second_avg"] = result.images_per_second
         self.log(final, result.steps)
         self.flush()
-        facts = {k: v for k, v in result.provenance.items() if k in ("device", "device_name")}
+        facts = {
+            k: v
+            for k, v in result.provenance.items()
+            if k in ("device", "device_name", "precision", "threads")
+        }
         self.set_tags({TAG + k: str(v) for k, v in facts.items()} | {
             TAG + "completed": str(result.completed).lower(),
             TAG + "steps": str(result.steps),
