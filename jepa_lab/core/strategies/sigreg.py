@@ -44,8 +44,8 @@ class _CharacteristicFunction(torch.autograd.Function):
 
     The knots are evenly spaced, so exp(i t_j x) = exp(i dt x) ** j: one cos and one sin of
     (N, M) and a complex product per knot instead of 2 T transcendental calls on (N, M, T), and
-    no (N, M, T) tensor is ever held. The analytic backward rebuilds the same powers from the
-    saved exp(i dt x). Matches the direct form to about 1e-7 relative in fp32 (tests pin 1e-5).
+    no (N, M, T) tensor is ever held. The analytic backward evaluates its sum over the knots, a
+    polynomial in the saved exp(i dt x), by Horner's rule. Matches the direct form to about 1e-7 relative in fp32 (tests pin 1e-5).
     """
 
     @staticmethod
@@ -56,10 +56,10 @@ class _CharacteristicFunction(torch.autograd.Function):
         step = torch.complex(angle.cos(), angle.sin())  # exp(i dt x), (N, M)
         means = step.new_empty(x.shape[1], n_points)  # (M, T)
         means[:, 0] = 1.0
-        power = step
+        power = step.clone()
         for j in range(1, n_points):
             if j > 1:
-                power = power * step
+                power.mul_(step)
             means[:, j] = power.mean(0)
         ctx.save_for_backward(step)
         ctx.dt, ctx.n_points = dt, n_points
@@ -72,13 +72,16 @@ class _CharacteristicFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor, None, None]:
         (step,) = ctx.saved_tensors
         # d/dx_n of mean cos(t x) is -t sin(t x_n) / N, of mean sin(t x) is t cos(t x_n) / N:
-        # together Re(exp(i t x_n) * (grad_sin + i grad_cos)) * t / N, with t_j = j * dt.
-        weights = torch.complex(grad_sin, grad_cos) * (ctx.dt / step.shape[0])  # (M, T)
-        grad = step * weights[:, 1]
-        power = step
-        for j in range(2, ctx.n_points):
-            power = power * step
-            grad.add_(power * (j * weights[:, j]))
+        # together Re(exp(i t x_n) * (grad_sin + i grad_cos)) * t / N, with t_j = j * dt. The sum
+        # over j is a polynomial in exp(i dt x_n), evaluated by Horner's rule: one fused
+        # multiply-add of (N, M) per knot.
+        n_points = ctx.n_points
+        j = torch.arange(n_points, device=step.device, dtype=grad_cos.dtype)
+        coef = torch.complex(grad_sin, grad_cos) * (j * (ctx.dt / step.shape[0]))  # (M, T)
+        acc = coef[:, n_points - 1].expand_as(step).clone()
+        for k in range(n_points - 2, 0, -1):
+            acc = torch.addcmul(coef[:, k], acc, step)
+        grad = acc.mul_(step)
         return grad.real.contiguous(), None, None
 
 
