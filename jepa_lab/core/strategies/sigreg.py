@@ -45,7 +45,8 @@ class _CharacteristicFunction(torch.autograd.Function):
     The knots are evenly spaced, so exp(i t_j x) = exp(i dt x) ** j: one cos and one sin of
     (N, M) and a complex product per knot instead of 2 T transcendental calls on (N, M, T), and
     no (N, M, T) tensor is ever held. The analytic backward evaluates its sum over the knots, a
-    polynomial in the saved exp(i dt x), by Horner's rule. Matches the direct form to about 1e-7 relative in fp32 (tests pin 1e-5).
+    polynomial in the saved exp(i dt x), by Horner's rule. Matches the direct form to about 1e-7
+    relative in fp32 (tests pin 1e-5).
     """
 
     @staticmethod
