@@ -158,7 +158,8 @@ def run_trial(
                     threads=threads,
                 ),
             )
-            trial.set_user_attr(A + "precision", result.provenance["precision"])
+            if "precision" in result.provenance:  # what the step ran at: compared across trials
+                trial.set_user_attr(A + "precision", result.provenance["precision"])
             values = objective_values(plan, result.metrics)
             logger.log_result(result, None)
             finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
