@@ -67,6 +67,7 @@ def test_the_runtime_folder_is_per_user_and_can_be_set(
 def test_a_load_above_the_cores_warns_once(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.delenv(local.LOAD_WARNING_ENV, raising=False)
     monkeypatch.setattr(local, "_warned", False)
     monkeypatch.setattr(local.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(local.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
@@ -78,3 +79,7 @@ def test_a_load_above_the_cores_warns_once(
     err = capsys.readouterr().err
     assert err.count("warning: load average 5.0 exceeds the 2 cores") == 1
     assert "not comparable" in err
+    monkeypatch.setattr(local, "_warned", False)
+    monkeypatch.setenv(local.LOAD_WARNING_ENV, "0")
+    local.warn_if_loaded()
+    assert capsys.readouterr().err == ""
