@@ -18,6 +18,11 @@ script prints one error line and exits 2 before measuring anything; specs lightl
     python bench/throughput.py --json bench/results/cpu.json
     python bench/throughput.py studies/fmnist_ema.yaml --peer lightly --json peer.json
     python bench/throughput.py studies/cifar10_ijepa.yaml --device cuda --compile --json gpu.json
+    python bench/throughput.py --precisions fp32,bf16 --peer lightly --json bench/results/bf16.json
+
+``--precisions fp32,bf16`` times each precision (ours, and the peer under the same autocast) in
+the same alternating rounds, with the peak matmul measured at each precision, and reports
+``bf16_over_fp32`` (median of per-round ratios) and MFU against that precision's peak.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -67,56 +73,104 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def measure(spec: ExperimentSpec, args: argparse.Namespace, setup: Setup, peak: float) -> dict:
-    """One row: our step's rates and FLOPs, and the peer's beside them when there is one."""
+def measure(
+    spec: ExperimentSpec, args: argparse.Namespace, setup: Setup, peaks: dict[str, float]
+) -> dict:
+    """One row: our step's rates and FLOPs at each precision of ``peaks`` (the first one at the
+    top level), and the peer's beside them when there is one. Every (implementation, precision)
+    runs in the same alternating rounds over the same batches."""
     device = setup.device
     data = load_dataset(spec.data, setup.data_dir).to(device)
     skipped = peer_unsupported(spec) if args.peer != "none" else None
     impls = ["ours"] + ([args.peer] if args.peer != "none" and skipped is None else [])
-    steps = {impl: build_step(impl, spec, data, setup) for impl in impls}
+    keys = [(impl, precision) for impl in impls for precision in peaks]
+    steps = {
+        (impl, precision): build_step(impl, spec, data, replace(setup, dtype=precision))
+        for impl, precision in keys
+    }
     for step in steps.values():
         for index in range(args.warmup):
             step(index)
         synchronise(device)
-    rates: dict[str, list[float]] = {impl: [] for impl in impls}
+    rates: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     index = args.warmup
     for _ in range(args.windows):  # alternating rounds over the same batches
-        for impl, step in steps.items():
+        for key, step in steps.items():
             start = time.perf_counter()
             for offset in range(args.window_steps):
                 step(index + offset)
             synchronise(device)
             elapsed = time.perf_counter() - start
-            rates[impl].append(args.window_steps * spec.optim.batch_size / elapsed)
+            rates[key].append(args.window_steps * spec.optim.batch_size / elapsed)
         index += args.window_steps
     results = {}
-    for impl, step in steps.items():
+    for (impl, precision), step in steps.items():
         with FlopCounterMode(display=False) as counter:
             step(index)
         flops_per_image = counter.get_total_flops() / spec.optim.batch_size
-        rate = statistics.median(rates[impl])
-        results[impl] = {
+        rate = statistics.median(rates[impl, precision])
+        results[impl, precision] = {
             "images_per_second": rate,
-            "images_per_second_windows": rates[impl],
+            "images_per_second_windows": rates[impl, precision],
             "flops_per_image": flops_per_image,
             "achieved_flops": rate * flops_per_image,
-            "mfu": rate * flops_per_image / peak,
+            "mfu": rate * flops_per_image / peaks[precision],
         }
+    first = next(iter(peaks))
     row: dict = {
         "spec": spec.name,
         "strategy": spec.strategy.kind,
         "batch_size": spec.optim.batch_size,
-        **results["ours"],
+        "precision": first,
+        **results["ours", first],
         "peer": None,
         "ours_over_peer": None,
     }
     if args.peer != "none":
-        row["peer"] = {"name": args.peer, "skipped": skipped, **results.get(args.peer, {})}
-    if args.peer in results:
-        rounds = [a / b for a, b in zip(rates["ours"], rates[args.peer], strict=True)]
-        row["ours_over_peer"] = statistics.median(rounds)
-        row["ours_over_peer_windows"] = rounds
+        row["peer"] = {"name": args.peer, "skipped": skipped, **results.get((args.peer, first), {})}
+    if (args.peer, first) in results:
+        row["ours_over_peer"], row["ours_over_peer_windows"] = _ratio(
+            rates["ours", first], rates[args.peer, first]
+        )
+    if len(peaks) > 1:
+        row["by_precision"] = {
+            precision: {
+                impl: results[impl, precision] | {"peak_flops": peaks[precision]} for impl in impls
+            }
+            for precision in peaks
+        }
+        if {"fp32", "bf16"} <= set(peaks):
+            row["bf16_over_fp32"], row["bf16_over_fp32_windows"] = _ratio(
+                rates["ours", "bf16"], rates["ours", "fp32"]
+            )
+            if args.peer in impls:  # both under bf16 autocast, and each at its default (fp32)
+                row["ours_over_peer_bf16"], _ = _ratio(
+                    rates["ours", "bf16"], rates[args.peer, "bf16"]
+                )
     return row
+
+
+def _ratio(numerator: list[float], denominator: list[float]) -> tuple[float, list[float]]:
+    """The median of the per-round ratios, and the ratios: paired by round, so a change in
+    machine load between rounds cancels."""
+    rounds = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    return statistics.median(rounds), rounds
+
+
+def print_precisions(rows: list[dict]) -> None:
+    """img/s and MFU (against the peak at that precision) per precision, and bf16/fp32."""
+    for row in rows:
+        for precision, impls in row.get("by_precision", {}).items():
+            for impl, result in impls.items():
+                print(
+                    f"{row['spec']:<18}{impl:<9}{precision:<6}"
+                    f"{result['images_per_second']:>10.1f} img/s  MFU "
+                    f"{100 * result['mfu']:>5.1f}% of {result['peak_flops'] / 1e9:.1f} GFLOP/s"
+                )
+        if "bf16_over_fp32" in row:
+            print(f"{row['spec']:<18}bf16/fp32 {row['bf16_over_fp32']:.2f}x (median of rounds)")
+        if "ours_over_peer_bf16" in row:
+            print(f"{row['spec']:<18}ours/peer under bf16 {row['ours_over_peer_bf16']:.2f}x")
 
 
 def print_table(rows: list[dict], peer: str) -> None:
@@ -142,6 +196,19 @@ def print_table(rows: list[dict], peer: str) -> None:
             print(f"note: {row['spec']} has no {peer} peer: {row['peer']['skipped']}")
 
 
+def _precisions(args: argparse.Namespace) -> list[str] | None:
+    """``--precisions`` as a list (None when not given); a bad one is a BenchError."""
+    if args.precisions is None:
+        return None
+    if args.dtype is not None:
+        raise BenchError("give --dtype or --precisions, not both")
+    precisions = list(dict.fromkeys(p.strip() for p in args.precisions.split(",") if p.strip()))
+    bad = [p for p in precisions if p not in ("fp32", "bf16")]
+    if bad or not precisions:
+        raise BenchError(f"--precisions: fp32 and/or bf16, comma-separated: {args.precisions!r}")
+    return precisions
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", default=DEFAULT_SPECS)
@@ -151,17 +218,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-steps", type=int, default=4)
+    parser.add_argument("--precisions", default=None,
+                        help="e.g. fp32,bf16: each in alternating rounds, with its own peak; "
+                        "reports the bf16/fp32 ratio (not with --dtype)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     try:
         peer_version = require_peer(args.peer) if args.peer != "none" else None
+        precisions = _precisions(args)
         setup, specs = configure(args, args.specs)
+        if setup.device.type == "cuda" and precisions and "fp32" in precisions:
+            raise BenchError("--precisions fp32 on cuda: train_step always autocasts to bf16 there")
     except BenchError as exc:
         print("\n".join(f"error: {m}" for m in exc.messages), file=sys.stderr)
         return 2
     device = setup.device
-    peak = peak_flops(device, torch.bfloat16 if setup.dtype == "bf16" else torch.float32)
-    rows = [measure(spec, args, setup, peak) for spec in specs]
+    peaks = {
+        precision: peak_flops(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+        for precision in precisions or [setup.dtype]
+    }
+    peak = next(iter(peaks.values()))
+    rows = [measure(spec, args, setup, peaks) for spec in specs]
     commit, dirty, _ = git_state()
     report = {
         "machine": {
@@ -175,14 +252,17 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": commit,
         "git_dirty": dirty,
         "dtype": setup.dtype,
+        "precisions": list(peaks),
         "compile": setup.compile,
         "peak_flops": peak,
+        "peak_flops_by_precision": peaks,
         "peer": {"name": args.peer, "version": peer_version} if peer_version else None,
         "results": rows,
     }
-    print(f"{device_name(device)} ({device}, {torch.get_num_threads()} threads, {setup.dtype}, "
-          f"peak {peak / 1e9:.1f} GFLOP/s)")  # fmt: skip
+    shown = ", ".join(f"{p} peak {f / 1e9:.1f} GFLOP/s" for p, f in peaks.items())
+    print(f"{device_name(device)} ({device}, {torch.get_num_threads()} threads, {shown})")
     print_table(rows, args.peer)
+    print_precisions(rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -14,6 +14,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("JEPA_LAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    # the tests' workers register among themselves, not among the host's real workers
+    monkeypatch.setenv("JEPA_LAB_RUNTIME_DIR", str(tmp_path_factory.getbasetemp() / "runtime"))
+    # a loaded test machine must not add a line to the stderr that CLI tests compare exactly
+    monkeypatch.setenv("JEPA_LAB_LOAD_WARNING", "0")
 
 
 @pytest.fixture

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from jepa_lab.cli.options import (
+    CompileOption,
     DataDirOption,
     DeviceOption,
+    PrecisionOption,
     SetOption,
     TrackingUriOption,
     fail,
@@ -84,7 +86,8 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue from the run directory's checkpoint.")
     ] = False,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    compile: CompileOption = False,
+    precision: PrecisionOption = None,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between checkpoints.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write result here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -121,14 +124,16 @@ def train(
         spec = load_spec(spec_file, overrides)
     from jepa_lab.cli.reporting import ProgressReporter, print_summary
     from jepa_lab.data.files import DataError
+    from jepa_lab.study.local import warn_if_loaded
     from jepa_lab.training.checkpoint import CheckpointError
     from jepa_lab.training.loop import TrainingError, TrainOptions
     from jepa_lab.training.loop import train as run_training
 
+    warn_if_loaded()  # a busy host: its img/s are not comparable
     run_dir = run_dir or Path("runs") / f"{spec.name}-{spec.digest()}"
     options = TrainOptions(
         device=device, data_dir=data_dir, run_dir=run_dir, resume=resume, compile=compile,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, precision=precision,
     )  # fmt: skip
     stopped: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
     failed: tuple[type[BaseException], ...] = (DataError, CheckpointError)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn, get_args
 
 import typer
 
@@ -19,6 +19,28 @@ DataDirOption = Annotated[
 ]
 DeviceOption = Annotated[
     str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: auto).", show_default=False)
+]
+# jepa_lab.training.precision.Precision, restated: importing that module would load torch
+PrecisionChoice = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(PrecisionChoice)
+PrecisionOption = Annotated[
+    PrecisionChoice | None,
+    typer.Option(
+        envvar="JEPA_LAB_PRECISION",
+        help="Autocast of the training step: bf16, fp32, or auto (bf16 on CUDA and on CPUs with "
+        "native bf16: AVX512-BF16/AMX, Apple silicon; fp32 elsewhere). SIGReg, the probe and "
+        "the loss stay fp32. Default: bf16 on CUDA, fp32 on CPUs (as before; CPU bf16 is being "
+        "measured). The precision used is recorded with the result.",
+        show_default=False,
+    ),
+]
+CompileOption = Annotated[
+    bool,
+    typer.Option(
+        help="torch.compile the model. Pays off only when the run is long enough to amortise "
+        "the compile time (tens of seconds on a CPU, once per process): on CUDA for most runs; "
+        "on CPUs for long runs only (TODO: measured break-even, see docs/results.md)."
+    ),
 ]
 TrackingUriOption = Annotated[
     str | None,

@@ -144,4 +144,6 @@ def print_summary(result: TrainResult) -> None:
     table.add_row("steps", str(result.steps))
     table.add_row("training time", f"{result.train_seconds:.1f} s")
     table.add_row("throughput", f"{result.images_per_second:.0f} img/s")
+    facts = result.provenance
+    table.add_row("device, precision", f"{facts.get('device')}, {facts.get('precision', 'fp32')}")
     Console().print(table)

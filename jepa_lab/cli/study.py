@@ -8,6 +8,7 @@ trials were failed and re-enqueued, so the same command resumes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from jepa_lab.cli.options import (
     DataDirOption,
     DeviceOption,
     FailFastOption,
+    PrecisionOption,
     StorageOption,
     StudyArg,
     TrackingUriOption,
@@ -105,7 +107,9 @@ def run(
         typer.Option(
             min=1,
             max=256,
-            help="Local worker processes (default 1; with --gpus one per GPU).",
+            help="Local worker processes (default 1; with --gpus one per GPU). On CPUs each "
+            "worker is pinned to its share of the cores (JEPA_LAB_CPUS=0,2,... in its "
+            "environment, dealt round-robin).",
             show_default=False,
         ),
     ] = None,
@@ -121,6 +125,7 @@ def run(
     tracking_uri: TrackingUriOption = None,
     data_dir: DataDirOption = None,
     device: DeviceOption = None,
+    precision: PrecisionOption = None,
     fail_fast: FailFastOption = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -155,7 +160,10 @@ def run(
         f"study {plan.name}: {plan.spec.n_trials} trials, storage {session.storage.shown}, "
         f"{count} worker{'s' * (count > 1)}"
     )
-    options = WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
+    options = WorkerOptions(
+        device=device, data_dir=data_dir, fail_fast=fail_fast, precision=precision,
+        share_cores=count == 1 and not gpu_ids,
+    )  # fmt: skip
     code = 0
     try:
         set_parent_status(session, "RUNNING")
@@ -199,6 +207,7 @@ def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
     from jepa_lab.cli.tables import trials_bar
     from jepa_lab.data.files import DataError
     from jepa_lab.study import runner as st
+    from jepa_lab.study.local import registered
     from jepa_lab.track.store import TrackingError
 
     bar = trials_bar(console, show)
@@ -221,7 +230,8 @@ def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
             bar.update(trials, completed=st.n_finished(session))
 
         try:
-            outcomes = st.work(session, options, echo, progress)
+            with registered() if options.share_cores else contextlib.nullcontext():
+                outcomes = st.work(session, options, echo, progress)
         except (DataError, TrackingError) as exc:
             _end(session, "FAILED")
             fail(str(exc))
@@ -235,6 +245,7 @@ def worker(
     tracking_uri: TrackingUriOption = None,
     data_dir: DataDirOption = None,
     device: DeviceOption = None,
+    precision: PrecisionOption = None,
     fail_fast: FailFastOption = False,
     index: Annotated[
         int | None,
@@ -252,12 +263,17 @@ def worker(
     seconds (default 300), an unreachable tracking server for $JEPA_LAB_TRACKING_RETRY_S
     (default 300); past that, the worker exits with one line (code 2) and its trial is retried
     by the next worker (or by the heartbeat, from another machine).
+
+    CPU threads: JEPA_LAB_CPUS=0,1 pins the worker to those CPUs (run --workers sets it);
+    without it, the workers started separately on one host share its cores, each taking
+    cores / (its live local workers) threads, recounted at every trial.
     """
     import zlib
 
     from jepa_lab.cli.workers import apply_cpus
     from jepa_lab.data.files import DataError
     from jepa_lab.study import runner as st
+    from jepa_lab.study.local import registered
     from jepa_lab.study.storage import StudyError, worker_identity
     from jepa_lab.study.tracking import FINALIZED
     from jepa_lab.study.trial import WorkerOptions
@@ -269,13 +285,18 @@ def worker(
     # without --index: one stream per host and process (containers often share a pid)
     stream = index if index is not None else zlib.crc32(worker_identity().encode()) + 1
     session = _session(plan, storage, tracking_uri, create=True, stream=stream)
-    options = WorkerOptions(device=device, data_dir=data_dir, fail_fast=fail_fast)
+    pinned = bool(os.environ.get("JEPA_LAB_CPUS"))  # its own CPUs: nothing to share
+    options = WorkerOptions(
+        device=device, data_dir=data_dir, fail_fast=fail_fast, precision=precision,
+        share_cores=not pinned,
+    )  # fmt: skip
 
     def echo(outcome: Outcome) -> None:
         print(_line(outcome, session), flush=True)
 
     try:
-        outcomes = st.work(session, options, echo)
+        with registered() if options.share_cores else contextlib.nullcontext():
+            outcomes = st.work(session, options, echo)
     except (DataError, TrackingError, StudyError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -300,7 +321,13 @@ def status(
     """Trials by state, the failed ones with their reasons, the Pareto front and its
     hypervolume."""
 
-    from jepa_lab.cli.tables import failures_table, front_table, stdout_console, volume_line
+    from jepa_lab.cli.tables import (
+        failures_table,
+        front_table,
+        stdout_console,
+        volume_line,
+        warn_precisions,
+    )
     from jepa_lab.study import results as sr
     from jepa_lab.study.runner import n_finished
 
@@ -323,6 +350,7 @@ def status(
         out.print(failures_table(failures), highlight=False)
     out.print(front_table(front, session))
     out.print(volume_line(session, volume, found.hypervolume_ci), highlight=False)
+    warn_precisions(session)
 
 
 def export(

@@ -173,6 +173,18 @@ def report(session: Session, console: Any) -> None:
     out.print(
         "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False
     )
+    warn_precisions(session)
+
+
+def warn_precisions(session: Session) -> None:
+    """On stderr, once per command: the study's trials trained at different precisions."""
+    import sys
+
+    from jepa_lab.study import results as sr
+
+    warning = sr.precision_warning(session)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def stdout_console() -> Any:

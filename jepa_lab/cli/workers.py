@@ -62,6 +62,8 @@ def spawn_worker(
         command += ["--device", options.device]
     if options.data_dir:
         command += ["--data-dir", str(options.data_dir)]
+    if options.precision:
+        command += ["--precision", options.precision]
     if options.fail_fast:
         command.append("--fail-fast")
     child_env = os.environ | dict(env) | {STORAGE_ENV: storage.url, "MLFLOW_TRACKING_URI": uri}

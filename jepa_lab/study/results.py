@@ -79,6 +79,33 @@ def failures(session: Session) -> list[dict[str, Any]]:
     ]
 
 
+def precisions(session: Session) -> dict[str, list[int]]:
+    """The precisions (fp32, bf16) the study's completed trials trained at, each with its trial
+    numbers: more than one key means their numbers are not directly comparable."""
+    found: dict[str, list[int]] = {}
+    for trial in session.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        precision = trial.user_attrs.get(A + "precision")
+        if precision is not None:
+            found.setdefault(str(precision), []).append(trial.number)
+    return found
+
+
+def precision_warning(session: Session) -> str | None:
+    """One line when the study's trials trained at different precisions, else None."""
+    found = precisions(session)
+    if len(found) < 2:
+        return None
+    parts = "; ".join(
+        f"{p}: {len(n)} trial{'s' * (len(n) > 1)} ({', '.join(map(str, n[:8]))}"
+        f"{', ...' if len(n) > 8 else ''})"
+        for p, n in sorted(found.items())
+    )
+    return (
+        f"warning: trials trained at different precisions ({parts}); their metrics and "
+        "throughput are not directly comparable: give every worker the same --precision"
+    )
+
+
 def setting_keys(plan: StudyPlan) -> list[str]:
     """The dotted keys a study varies (without ``seed``), in declaration order."""
     keys = list(plan.spec.grid or {}) + list(plan.spec.search.params if plan.spec.search else {})

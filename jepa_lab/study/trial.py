@@ -33,6 +33,8 @@ class WorkerOptions:
     device: str | None = None
     data_dir: Path | None = None
     fail_fast: bool = False
+    precision: str | None = None  # auto, fp32, bf16; None: the training step's default
+    share_cores: bool = False  # take cores // live local workers threads (study/local.py)
 
 
 @dataclass
@@ -155,9 +157,13 @@ def run_trial(
     errors (tracking store, dataset) and interruptions propagate: the caller retries the trial.
     """
     from jepa_lab.data.files import DataError
+    from jepa_lab.study.local import thread_share, warn_if_loaded
     from jepa_lab.training.loop import TrainOptions, nothing, train
 
     began = time.perf_counter()
+    warn_if_loaded()
+    # recounted at each trial: workers come and go
+    threads = thread_share() if options.share_cores else None
     plan = session.plan
     tags = {A + "study": plan.name, A + "trial": str(trial.number)}
     tracking = Tracking(
@@ -178,8 +184,15 @@ def run_trial(
                 spec,
                 log=logger.log,
                 progress=progress or nothing,
-                options=TrainOptions(device=options.device, data_dir=options.data_dir),
+                options=TrainOptions(
+                    device=options.device,
+                    data_dir=options.data_dir,
+                    precision=options.precision,
+                    threads=threads,
+                ),
             )
+            if "precision" in result.provenance:  # what the step ran at: compared across trials
+                trial.set_user_attr(A + "precision", result.provenance["precision"])
             values = objective_values(plan, result.metrics)
             logger.log_result(result, None)
             finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}

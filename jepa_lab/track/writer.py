@@ -202,7 +202,11 @@ class RunLogger:
             for k, value in enumerate(values, start=1):
                 self.log({name: value}, k)
         self.flush()
-        facts = {k: v for k, v in result.provenance.items() if k in ("device", "device_name")}
+        facts = {
+            k: v
+            for k, v in result.provenance.items()
+            if k in ("device", "device_name", "precision", "threads")
+        }
         self.set_tags({TAG + k: str(v) for k, v in facts.items()} | {
             TAG + "completed": str(result.completed).lower(),
             TAG + "steps": str(result.steps),

@@ -8,7 +8,6 @@ from the device except at log steps.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +34,7 @@ from jepa_lab.training.checkpoint import (
 )
 from jepa_lab.training.distributed import World, checksum, join_world, leave_world, pick_device
 from jepa_lab.training.optim import build_optimizer, lr_at, weight_decay_at
+from jepa_lab.training.precision import autocast, resolve_precision
 from jepa_lab.training.provenance import provenance
 from jepa_lab.training.result import TrainResult, describe
 from jepa_lab.training.world_loop import train_world
@@ -60,6 +60,8 @@ class TrainOptions:
     run_dir: Path | None = None  # checkpoint and result.json go here
     resume: bool = False
     compile: bool = False
+    precision: str | None = None  # auto, fp32, bf16; None: bf16 on CUDA, else fp32 (precision.py)
+    threads: int | None = None  # CPU threads; None: this process's cores over its local ranks
     checkpoint_every: int = 0  # steps; 0 = only at the end
     stop_at: int | None = None  # stop (with a checkpoint) after this many steps: interruptions
 
@@ -87,12 +89,15 @@ def train_step(
     loss_spec: LossSpec,
     step: int,
     grad_clip: float | None,
+    precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Forward, backward, optimiser step and strategy update; returns detached losses."""
-    # bf16 autocast on CUDA; elsewhere no autocast context at all, so a caller's own autocast
-    # (e.g. a benchmark measuring CPU bf16) still applies.
-    on_cuda = images.device.type == "cuda"
-    with torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext():
+    """Forward, backward, optimiser step and strategy update; returns detached losses.
+
+    ``precision`` is a resolved one (fp32, bf16: see :func:`resolve_precision`); None keeps the
+    step's old default, bf16 on CUDA and no autocast elsewhere. fp32 opens no autocast context
+    at all, so a caller's own autocast (a benchmark measuring CPU bf16) still applies.
+    """
+    with autocast(precision or resolve_precision(None, images.device), images.device):
         losses = jepa_losses(model, strategy, images, masks, loss_spec, step)
     loss = losses.total
     optimizer.zero_grad(set_to_none=True)
@@ -159,9 +164,10 @@ def train(
             options.run_dir.mkdir(parents=True, exist_ok=True)
         return result
     device = pick_device(options.device)
-    if device.type == "cpu":  # all cores, shared among the local ranks
+    if device.type == "cpu":  # all cores, shared among the local ranks (or the budget given)
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_ranks))
+        threads = options.threads or len(os.sched_getaffinity(0)) // local_ranks
+        torch.set_num_threads(max(1, threads))
     world = join_world(device)
     try:
         return _run(spec, log, progress, options, device, world)
@@ -182,6 +188,7 @@ def _run(
             f"optim.batch_size {spec.optim.batch_size} is the global batch and must divide "
             f"evenly over {world.size} processes: pick a multiple of {world.size}"
         )
+    precision = resolve_precision(options.precision, device)
     data = load_dataset(spec.data, options.data_dir).to(device)
     total = spec.optim.total_steps(len(data.train_labels))
     model, strategy = build_training(spec, total, world.all_reduce_mean(), world.size)
@@ -204,7 +211,7 @@ def _run(
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     result = TrainResult(  # with the rows and curve logged before a resume, if any
         spec, start, history=records["history"], curve=records["curve"],
-        provenance=provenance(device), dataset=describe(data),
+        provenance=provenance(device, precision), dataset=describe(data),
     )  # fmt: skip
     if spec.eval.every and start == 0:
         _probe_curve(spec, data, model, strategy, device, world, result, log, 0)
@@ -219,7 +226,7 @@ def _run(
         rows = world.shard(spec.optim.batch_size)
         loss, loss_pred, reg = train_step(
             trained, strategy, optimizer, images[rows], masks.rows(rows.start, rows.stop),
-            spec.loss, step, spec.optim.grad_clip,
+            spec.loss, step, spec.optim.grad_clip, precision,
         )  # fmt: skip
         parts = torch.stack([loss, loss_pred, reg if reg is not None else torch.zeros_like(loss)])
         sums += parts

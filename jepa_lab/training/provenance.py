@@ -45,8 +45,9 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def provenance(device: torch.device) -> dict[str, str | bool | None]:
-    """The facts every result carries beside its resolved spec."""
+def provenance(device: torch.device, precision: str = "fp32") -> dict[str, str | bool | None]:
+    """The facts every result carries beside its resolved spec; ``precision`` is the resolved
+    one (fp32, bf16) the training step ran at."""
     commit, dirty, _ = git_state()
     return {
         "git_commit": commit,
@@ -58,4 +59,5 @@ def provenance(device: torch.device) -> dict[str, str | bool | None]:
         "device": str(device),
         "device_name": device_name(device),
         "threads": str(torch.get_num_threads()),
+        "precision": precision,
     }

@@ -43,6 +43,34 @@ def test_throughput_peer_runs_alternating_windows_and_writes_the_ratio(
     assert row["ours_over_peer"] > 0 and len(row["ours_over_peer_windows"]) == 2
 
 
+def test_throughput_precisions_alternate_and_report_the_ratio_and_each_peak(
+    smoke_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "precisions.json"
+    window = ["--warmup", "1", "--windows", "2", "--window-steps", "1"]
+    done = bench("throughput.py", str(smoke_path), "--precisions", "fp32,bf16", *TINY, *window,
+                 "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "bf16/fp32" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["precisions"] == ["fp32", "bf16"]
+    assert set(report["peak_flops_by_precision"]) == {"fp32", "bf16"}
+    [row] = report["results"]
+    assert row["precision"] == "fp32" and row["bf16_over_fp32"] > 0
+    assert len(row["bf16_over_fp32_windows"]) == 2
+    for precision in ("fp32", "bf16"):
+        ours = row["by_precision"][precision]["ours"]
+        assert ours["peak_flops"] == report["peak_flops_by_precision"][precision]
+        assert ours["mfu"] == pytest.approx(ours["achieved_flops"] / ours["peak_flops"])
+
+
+def test_throughput_precisions_refuse_a_dtype_too(smoke_path: Path) -> None:
+    done = bench("throughput.py", str(smoke_path), "--precisions", "fp32,bf16", "--dtype", "bf16",
+                 *TINY)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: give --dtype or --precisions, not both"
+
+
 def test_throughput_peer_without_lightly_is_one_line_and_exit_2(
     smoke_path: Path, tmp_path: Path
 ) -> None:

@@ -357,13 +357,16 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
             {"metric": "eval/probe_acc", "direction": "maximize", "reference": 0.0},
         ],
     )
-    done = cli("run", str(path), "--workers", "2", "--no-progress")
+    done = cli("run", str(path), "--workers", "2", "--precision", "fp32", "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[w0]" in done.stderr and "[w1]" in done.stderr  # two local worker processes
     assert "vs random init" in done.stdout and "hypervolume" in done.stdout  # was "p vs random"
     loaded = check_consistent(home, journal(home, "grid"), "grid", 4)
     cells = {(t.params["strategy.kind"], t.params["seed"]) for t in loaded.get_trials()}
     assert cells == {(k, s) for k in ("ema", "sigreg") for s in (0, 1)}
+    # --precision reached every worker, was recorded per trial, and one precision is no warning
+    assert {t.user_attrs["jepa_lab.precision"] for t in loaded.get_trials()} == {"fp32"}
+    assert "different precisions" not in done.stderr
 
     result = in_process("export", str(path), "--format", "json", "-o", str(tmp_path / "f.json"))
     assert result.exit_code == 0, result.output

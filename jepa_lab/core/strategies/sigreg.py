@@ -8,6 +8,7 @@ module that applies it to what the strategy regularises.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +38,54 @@ def _knots(n_points: int, t_max: float, device: torch.device) -> tuple[torch.Ten
     return t, weights * torch.exp(-0.5 * t.square())
 
 
+class _CharacteristicFunction(torch.autograd.Function):
+    """The empirical characteristic function of x (N, M) on the knots t_j = j * dt, j < T:
+    (cos_mean, sin_mean), each (M, T), the means taken over N.
+
+    The knots are evenly spaced, so exp(i t_j x) = exp(i dt x) ** j: one cos and one sin of
+    (N, M) and a complex product per knot instead of 2 T transcendental calls on (N, M, T), and
+    no (N, M, T) tensor is ever held. The analytic backward evaluates its sum over the knots, a
+    polynomial in the saved exp(i dt x), by Horner's rule. Matches the direct form to about 1e-7
+    relative in fp32 (tests pin 1e-5).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, dt: float, n_points: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        angle = x * dt
+        step = torch.complex(angle.cos(), angle.sin())  # exp(i dt x), (N, M)
+        means = step.new_empty(x.shape[1], n_points)  # (M, T)
+        means[:, 0] = 1.0
+        power = step.clone()
+        for j in range(1, n_points):
+            if j > 1:
+                power.mul_(step)
+            means[:, j] = power.mean(0)
+        ctx.save_for_backward(step)
+        ctx.dt, ctx.n_points = dt, n_points
+        return means.real.contiguous(), means.imag.contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: Any, grad_cos: torch.Tensor, grad_sin: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
+        (step,) = ctx.saved_tensors
+        # d/dx_n of mean cos(t x) is -t sin(t x_n) / N, of mean sin(t x) is t cos(t x_n) / N:
+        # together Re(exp(i t x_n) * (grad_sin + i grad_cos)) * t / N, with t_j = j * dt. The sum
+        # over j is a polynomial in exp(i dt x_n), evaluated by Horner's rule: one fused
+        # multiply-add of (N, M) per knot.
+        n_points = ctx.n_points
+        j = torch.arange(n_points, device=step.device, dtype=grad_cos.dtype)
+        coef = torch.complex(grad_sin, grad_cos) * (j * (ctx.dt / step.shape[0]))  # (M, T)
+        acc = coef[:, n_points - 1].expand_as(step).clone()
+        for k in range(n_points - 2, 0, -1):
+            acc = torch.addcmul(coef[:, k], acc, step)
+        grad = acc.mul_(step)
+        return grad.real.contiguous(), None, None
+
+
 def sigreg(
     z: torch.Tensor,
     directions: torch.Tensor,
@@ -57,9 +106,7 @@ def sigreg(
     with torch.autocast(device_type=z.device.type, enabled=False):
         x = z.float() @ directions.to(z.device, torch.float32)  # (N, M)
         t, weights = _knots(knots, t_max, z.device)
-        xt = x.unsqueeze(-1) * t  # (N, M, T)
-        cos_mean = xt.cos().mean(0)  # (M, T)
-        sin_mean = xt.sin().mean(0)
+        cos_mean, sin_mean = _CharacteristicFunction.apply(x, t_max / (knots - 1), knots)  # (M, T)
         if all_reduce_mean is not None:
             cos_mean = all_reduce_mean(cos_mean)
             sin_mean = all_reduce_mean(sin_mean)

@@ -1,0 +1,110 @@
+"""Precision as a machine setting: bf16 really autocasts, fp32 is the old step, auto resolves
+to the documented choice and every result records what was used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from jepa_lab.cli.options import PRECISIONS as CLI_PRECISIONS
+from jepa_lab.core.strategies import build_training
+from jepa_lab.data.datasets import load_dataset
+from jepa_lab.spec.experiment import ExperimentSpec
+from jepa_lab.spec.load import load
+from jepa_lab.training.loop import TrainOptions, global_batch, train, train_step
+from jepa_lab.training.optim import build_optimizer
+from jepa_lab.training.precision import PRECISIONS, cpu_has_native_bf16, resolve_precision
+
+CPU = torch.device("cpu")
+FAST = ["optim.steps=10", "log_every=5", "eval.baselines=false"]
+
+
+def smoke(path: Path, *overrides: str) -> ExperimentSpec:
+    return load(ExperimentSpec, path, [*FAST, *overrides])
+
+
+def _one_step(spec: ExperimentSpec, precision: str | None) -> tuple[list, list, torch.Tensor]:
+    """(qkv output dtypes, autocast states inside the loss, SIGReg value) of one step."""
+    data = load_dataset(spec.data, None)
+    model, strategy = build_training(spec, 1)
+    optimizer = build_optimizer(model, spec.optim, fused=False)
+    dtypes: list[torch.dtype] = []
+    model.encoder.blocks[0].attn.qkv.register_forward_hook(
+        lambda m, i, out: dtypes.append(out.dtype)
+    )
+    states: list[bool] = []
+    regs: list[torch.Tensor] = []
+    loss = strategy.loss
+
+    def spy(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor | None]:
+        states.append(torch.is_autocast_enabled("cpu"))
+        total, reg = loss(*args, **kwargs)  # type: ignore[arg-type]
+        assert total.dtype == torch.float32  # the loss is reduced in fp32
+        if reg is not None:
+            regs.append(reg)
+        return total, reg
+
+    strategy.loss = spy  # type: ignore[method-assign]
+    images, masks = global_batch(spec, data, 0, CPU)
+    losses = train_step(model, strategy, optimizer, images, masks, spec.loss, 0, None, precision)
+    assert all(x.dtype == torch.float32 for x in losses if x is not None)
+    return dtypes, states, regs[0] if regs else torch.zeros(())
+
+
+def test_bf16_on_the_cpu_runs_the_matmuls_in_bf16_and_sigreg_in_fp32(smoke_path: Path) -> None:
+    spec = smoke(smoke_path, "strategy.kind=sigreg", "strategy.projector=null")
+    dtypes, states, reg = _one_step(spec, "bf16")
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # the context pass and the full pass
+    assert states == [True]
+    assert reg.dtype == torch.float32 and torch.isfinite(reg)
+
+
+@pytest.mark.parametrize("precision", ["fp32", None])
+def test_fp32_and_the_default_on_the_cpu_open_no_autocast(
+    smoke_path: Path, precision: str | None
+) -> None:
+    dtypes, states, _ = _one_step(smoke(smoke_path), precision)
+    assert dtypes == [torch.float32] and states == [False]
+
+
+def test_fp32_is_bit_identical_to_a_run_without_the_option(smoke_path: Path) -> None:
+    spec = smoke(smoke_path)
+    plain = train(spec, options=TrainOptions(device="cpu"))
+    fp32 = train(spec, options=TrainOptions(device="cpu", precision="fp32"))
+    assert plain.history == [
+        {**row, "train/images_per_second": plain.history[i]["train/images_per_second"]}
+        for i, row in enumerate(fp32.history)
+    ]
+    assert plain.metrics == fp32.metrics
+    assert plain.provenance["precision"] == fp32.provenance["precision"] == "fp32"
+
+
+def test_auto_resolves_to_the_documented_choice_and_is_recorded(smoke_path: Path) -> None:
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert resolve_precision("auto", CPU) == expected
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert resolve_precision(None, CPU) == "fp32"
+    assert resolve_precision(None, torch.device("cuda")) == "bf16"
+    assert resolve_precision("bf16", CPU) == "bf16"
+    result = train(smoke(smoke_path, "optim.steps=5"), options=TrainOptions(precision="auto"))
+    assert result.provenance["precision"] == expected
+    assert result.to_dict()["provenance"]["precision"] == expected
+
+
+def test_the_cpu_flags_decide_native_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    flags = tmp_path / "cpuinfo"
+    flags.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16(flags) or __import__("sys").platform == "darwin"
+    flags.write_text("flags\t\t: fpu avx2 avx512f\n")
+    assert not cpu_has_native_bf16(flags) or __import__("sys").platform == "darwin"
+
+
+def test_the_cli_offers_the_same_precisions_and_refuses_others() -> None:
+    assert CLI_PRECISIONS == PRECISIONS
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", CPU)
