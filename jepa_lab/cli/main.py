@@ -4,6 +4,7 @@ so ``jepa-lab --help`` stays fast. Bad input ends in one line per problem on std
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -127,15 +128,22 @@ def train(
     from jepa_lab.training.loop import TrainingError, TrainOptions
     from jepa_lab.training.loop import train as run_training
 
+    explicit_dir = run_dir is not None
     run_dir = run_dir or Path("runs") / f"{spec.name}-{spec.digest()}"
+    if not resume and main_rank and _holds_run(run_dir):
+        fail(
+            f"{run_dir} already holds a run of this spec: continue it with --resume, or keep "
+            f"both with --run-dir {'ANOTHER_DIR' if explicit_dir else str(run_dir) + '-2'}"
+        )
     options = TrainOptions(
         device=device, data_dir=data_dir, run_dir=run_dir, resume=resume, compile=compile,
         checkpoint_every=checkpoint_every,
     )  # fmt: skip
     stopped: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
     failed: tuple[type[BaseException], ...] = (DataError, CheckpointError)
-    tracking = None
+    tracking, reopen = None, None
     if track and uri:
+        from jepa_lab.track.names import train_run_name
         from jepa_lab.track.store import TrackingError, prepare_store
         from jepa_lab.track.writer import Terminated, Tracking
 
@@ -144,17 +152,20 @@ def train(
         try:
             name = experiment or spec.name
             tracking = Tracking(uri, prepare_store(uri, name), experiment=name, tags=tags)
-        except TrackingError as exc:
+            if resume:
+                reopen = _run_to_continue(tracking, run_dir)
+        except (TrackingError, CheckpointError) as exc:
             fail(str(exc))
     try:
         with (
-            tracking.run(f"{spec.name}-seed{spec.seed}")
+            tracking.run(train_run_name(spec), reopen=reopen)
             if tracking
             else contextlib.nullcontext() as logger,
             ProgressReporter(enabled=progress and main_rank) as reporter,
         ):
             if logger is not None:
                 logger.log_spec(spec)
+                options = dataclasses.replace(options, run_id=logger.run_id)
 
             def log(metrics: Mapping[str, float], step: int) -> None:
                 reporter.log(metrics, step)
@@ -176,7 +187,8 @@ def train(
         interrupt = isinstance(exc, KeyboardInterrupt)
         ended = tracking.ended("KILLED") if tracking else ""
         fail(
-            f"{'interrupted' if interrupt else 'terminated'}{ended}", code=130 if interrupt else 143
+            f"{'interrupted' if interrupt else 'terminated'}{ended}; {_resume_hint(run_dir)}",
+            code=130 if interrupt else 143,
         )
     if json_out is not None:
         write_json(json_out, data)
@@ -184,6 +196,40 @@ def train(
     print(f"result: {run_dir / 'result.json'}")
     if tracking is not None:
         print(f"mlflow: {tracking.where()}")
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / "checkpoint.pt").is_file() or (run_dir / "result.json").is_file()
+
+
+def _run_to_continue(tracking: Any, run_dir: Path) -> str | None:
+    """The MLflow run a resumed training continues: the one its checkpoint names, if it is in
+    this experiment (else a new run, with a warning)."""
+    from jepa_lab.training.checkpoint import saved_run_id
+
+    run_id = saved_run_id(run_dir / "checkpoint.pt")
+    if run_id is None:
+        return None
+    if not tracking.has_run(run_id):
+        print(
+            f"warning: the checkpoint's MLflow run {run_id} is not in experiment "
+            f"{tracking.experiment!r} of this store: logging the rest to a new run",
+            file=sys.stderr,
+        )
+        return None
+    return run_id
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """How to continue an interrupted ``train``: its own command line with --resume."""
+    import shlex
+
+    if not (run_dir / "checkpoint.pt").is_file():
+        return "no checkpoint yet: add --checkpoint-every N to make a run resumable"
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    if "--run-dir" not in args and not any(a.startswith("--run-dir=") for a in args):
+        args += ["--run-dir", str(run_dir)]
+    return f"continue with: {shlex.join(['jepa-lab', *args, '--resume'])}"
 
 
 @app.command()

@@ -54,6 +54,7 @@ from jepa_lab.study.tracking import (
     WORKER,
     create_parent,
     end_orphan_runs,
+    log_aggregates,
 )
 from jepa_lab.study.trial import Outcome, WorkerOptions, cell_params, run_trial
 from jepa_lab.track.store import TrackingError, prepare_store
@@ -293,6 +294,10 @@ def work(
                     _retry(session, frozen, f"interrupted: {type(exc).__name__}")
             raise
         outcomes.append(outcome)
+        try:
+            log_aggregates(session)
+        except TrackingError as exc:  # progress on the parent run is a convenience
+            print(f"warning: study parent run: {exc}", flush=True)
         echo(outcome)
         if options.fail_fast and outcome.state == "FAIL":
             break

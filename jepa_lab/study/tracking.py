@@ -5,6 +5,7 @@ tags."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from jepa_lab.track.store import TrackingError
 
 A = "jepa_lab."  # prefix of every user attribute and tag jepa-lab sets
 PARENT, DIGEST, FINALIZED = A + "parent_run_id", A + "study_digest", A + "finalized"
+NOTE = "mlflow.note.content"  # MLflow's description of an experiment or a run
 WORKER, RUN_ID, ERROR, RETRY_OF = A + "worker", A + "mlflow_run_id", A + "error", A + "retry_of"
 
 
@@ -66,8 +68,37 @@ def create_parent(session: Session) -> str:
         client.log_text(
             run_id, yaml.safe_dump(session.plan.base, sort_keys=False), "study/base.yaml"
         )
+        if spec.description:  # shown on the experiment's and the parent run's page
+            client.set_experiment_tag(session.experiment_id, NOTE, spec.description)
+            client.set_tag(run_id, NOTE, spec.description)
     session.study.set_user_attr(PARENT, run_id)
     return run_id
+
+
+def log_aggregates(session: Session) -> None:
+    """The study's progress on its parent run, as trials finish: ``study/n_complete``,
+    ``study/n_failed`` and, per objective, the best value so far (``study/best/<metric>``), each
+    at the step of the number of complete trials."""
+    from optuna.trial import TrialState
+
+    trials = session.trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    step = len(complete)
+    metrics = {
+        "study/n_complete": float(step),
+        "study/n_failed": float(sum(t.state == TrialState.FAIL for t in trials)),
+    }
+    for index, objective in enumerate(session.plan.spec.objectives):
+        values = [t.values[index] for t in complete]
+        if values:
+            best = min(values) if objective.direction == "minimize" else max(values)
+            metrics[f"study/best/{objective.metric}"] = best
+    with mlflow_client(session.uri) as client:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, value, now, step) for key, value in metrics.items()]
+        client.log_batch(session.parent_run_id, metrics=batch)
 
 
 def set_parent_status(session: Session, status: str) -> None:

@@ -4,6 +4,7 @@ evaluation inside its MLflow child run, and its objective values told to Optuna.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from jepa_lab.spec.load import SpecError
 from jepa_lab.spec.plan import StudyPlan
 from jepa_lab.study.session import Session
 from jepa_lab.study.tracking import ERROR, RUN_ID, A
+from jepa_lab.track.names import trial_run_name
 from jepa_lab.track.store import TrackingError
 from jepa_lab.track.writer import Tracking
 
@@ -133,22 +135,33 @@ def run_trial(
     try:
         settings = suggest(plan, trial)
         trial.set_user_attr(A + "settings", settings)
-        with tracking.run(f"trial-{trial.number}") as logger:
-            trial.set_user_attr(RUN_ID, logger.run_id)
+        invalid: SpecError | None = None
+        try:  # an invalid combination still gets its (FAILED) run, named for what it is
             spec = plan.experiment(settings)
+            name = trial_run_name(spec, settings, plan.base)
+        except SpecError as exc:
+            invalid, name = exc, f"invalid-trial-{trial.number}"
+        with tracking.run(name) as logger, tempfile.TemporaryDirectory() as run_dir:
+            trial.set_user_attr(RUN_ID, logger.run_id)
+            if invalid is not None:
+                raise invalid
             trial.set_user_attr(A + "config_id", spec.digest(with_seed=False))
             trial.set_user_attr(A + "spec_digest", spec.digest())
             trial.set_user_attr(A + "seed", spec.seed)
             trial.set_user_attr(A + "strategy", spec.strategy.kind)
+            trial.set_user_attr(A + "run_name", name)
             logger.log_spec(spec)
+            # the final checkpoint goes to the child run, as a `train` run's does
             result = train(
                 spec,
                 log=logger.log,
                 progress=progress or nothing,
-                options=TrainOptions(device=options.device, data_dir=options.data_dir),
+                options=TrainOptions(
+                    device=options.device, data_dir=options.data_dir, run_dir=Path(run_dir)
+                ),
             )
             values = objective_values(plan, result.metrics)
-            logger.log_result(result, None)
+            logger.log_result(result, Path(run_dir))
             finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
             trial.set_user_attr(A + "metrics", finite)
     except (TrackingError, DataError):
