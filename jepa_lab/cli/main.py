@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+import jepa_lab.cli.help  # noqa: F401  (flags show no <bool> on --help)
 from jepa_lab.cli.options import (
     DataDirOption,
     DeviceOption,
@@ -34,6 +35,31 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            print(f"jepa-lab {metadata.version('jepa-lab')}")
+        except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+            print("jepa-lab (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 runs_app = typer.Typer(help="Browse the runs logged to MLflow.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
@@ -41,8 +67,12 @@ app.add_typer(runs_app, name="runs")
 def load_spec(path: Path, overrides: list[str] | None) -> ExperimentSpec:
     from jepa_lab.spec.experiment import ExperimentSpec
     from jepa_lab.spec.load import SpecError, load
+    from jepa_lab.spec.plan import is_study_file
 
     try:
+        if is_study_file(path):
+            fail(f"{path} is a study file (it has base:), not an experiment spec: run it with "
+                 f"`jepa-lab run {path}`")  # fmt: skip
         return load(ExperimentSpec, path, overrides or [])
     except SpecError as exc:
         fail(exc.messages)
@@ -89,7 +119,14 @@ def train(
     ] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between checkpoints.")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write result here.")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Also write the result here ('-': stdout; the summary then goes to stderr).",
+            metavar="FILE|-",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     tracking_uri: TrackingUriOption = None,
     track: Annotated[
@@ -190,12 +227,16 @@ def train(
             f"{'interrupted' if interrupt else 'terminated'}{ended}; {_resume_hint(run_dir)}",
             code=130 if interrupt else 143,
         )
-    if json_out is not None:
+    to_stdout = json_out is not None and str(json_out) == "-"
+    if to_stdout:
+        print(json.dumps(data, indent=2), flush=True)
+    elif json_out is not None:
         write_json(json_out, data)
-    print_summary(result)
-    print(f"result: {run_dir / 'result.json'}")
+    out = sys.stderr if to_stdout else sys.stdout  # stdout is the JSON alone
+    print_summary(result, stderr=to_stdout)
+    print(f"result: {run_dir / 'result.json'}", file=out)
     if tracking is not None:
-        print(f"mlflow: {tracking.where()}")
+        print(f"mlflow: {tracking.where()}", file=out)
 
 
 def _holds_run(run_dir: Path) -> bool:

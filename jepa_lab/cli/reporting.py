@@ -90,7 +90,7 @@ def summary_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
     return rows
 
 
-def print_summary(result: TrainResult) -> None:
+def print_summary(result: TrainResult, stderr: bool = False) -> None:
     table = Table(
         title=f"{result.spec.name} ({result.spec.strategy.kind}, seed {result.spec.seed})"
     )
@@ -101,4 +101,4 @@ def print_summary(result: TrainResult) -> None:
     table.add_row("steps", str(result.steps))
     table.add_row("training time", f"{result.train_seconds:.1f} s")
     table.add_row("throughput", f"{result.images_per_second:.0f} img/s")
-    Console().print(table)
+    Console(stderr=stderr).print(table)

@@ -34,9 +34,12 @@ if TYPE_CHECKING:
 
 def _plan(path: Path) -> StudyPlan:
     from jepa_lab.spec.load import SpecError
-    from jepa_lab.spec.plan import load_study
+    from jepa_lab.spec.plan import is_study_file, load_study
 
     try:
+        if path.is_file() and not is_study_file(path):
+            fail(f"{path} is an experiment spec (no base:), not a study file: train it with "
+                 f"`jepa-lab train {path}`")  # fmt: skip
         return load_study(path)
     except SpecError as exc:
         fail(exc.messages)

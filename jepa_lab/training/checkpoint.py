@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
+from typing_extensions import NotRequired  # typing's from Python 3.11
 
 from jepa_lab.core.strategies import Strategy
 from jepa_lab.spec.experiment import ExperimentSpec
