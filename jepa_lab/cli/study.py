@@ -388,6 +388,56 @@ def plot(
     print(f"wrote {output}")
 
 
+def dashboard(
+    study_file: StudyArg,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (another than loopback needs --expose).")
+    ] = "127.0.0.1",
+    expose: Annotated[
+        bool,
+        typer.Option(
+            "--expose", help="Allow a --host other than loopback (the dashboard has no login)."
+        ),
+    ] = False,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Serve optuna-dashboard on the study's storage until Ctrl-C (read-only for journal files
+    and SQLite; safe while the study runs)."""
+    import importlib.util
+
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        fail("optuna-dashboard is not installed: pip install 'jepa-lab[dashboard]'")
+    if host not in ("127.0.0.1", "localhost", "::1") and not expose:
+        fail(
+            f"--host {host} would serve the study beyond this machine, and optuna-dashboard has "
+            "no authentication: add --expose to do it anyway, or keep the default 127.0.0.1"
+        )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: serving on {host}: anyone who reaches this port can read the study"
+            + (" and change it (PostgreSQL storage is writable)" if storage else ""),
+            file=sys.stderr,
+        )
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=False)
+    import optuna_dashboard
+
+    writable = session.storage.kind == "postgresql"
+    print(
+        f"optuna-dashboard: http://{host}:{port}/dashboard/studies  (study {plan.name}, storage "
+        f"{session.storage.shown}{'' if writable else ', read-only'}; Ctrl-C stops it)",
+        flush=True,
+    )
+    try:
+        optuna_dashboard.run_server(session.optuna_storage, host=host, port=port)
+    except KeyboardInterrupt:
+        print("stopping optuna-dashboard", file=sys.stderr)
+    except OSError as exc:
+        fail(f"port {port} on {host}: {exc.strerror or exc}: pick another with --port")
+
+
 def register(app: typer.Typer) -> None:
     """Add the study commands to ``app``."""
     app.command("run")(run)
@@ -395,3 +445,4 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("export")(export)
     app.command("plot")(plot)
+    app.command("dashboard")(dashboard)

@@ -20,6 +20,26 @@ NOTE = "mlflow.note.content"  # MLflow's description of an experiment or a run
 WORKER, RUN_ID, ERROR, RETRY_OF = A + "worker", A + "mlflow_run_id", A + "error", A + "retry_of"
 
 
+# Human names of the metrics a study optimises, for optuna-dashboard's axes and tables
+METRIC_NAMES = {
+    "eval/probe_acc": "probe acc.",
+    "eval/knn_acc": "kNN acc.",
+    "eval/gain_over_random": "gain over random init",
+    "eval/random_probe_acc": "random-init probe acc.",
+    "eval/pixel_probe_acc": "raw-pixel probe acc.",
+    "diag/pred_loss": "held-out prediction loss",
+    "diag/sigreg": "SIGReg statistic",
+    "diag/rankme": "RankMe",
+    "diag/std": "per-dim std",
+    "train/seconds": "training time (s)",
+}
+
+
+def metric_name(metric: str) -> str:
+    """``eval/probe_acc`` -> ``probe acc.``; an unknown metric keeps its key."""
+    return METRIC_NAMES.get(metric, metric)
+
+
 @contextlib.contextmanager
 def mlflow_client(uri: str) -> Iterator[Any]:
     """An ``MlflowClient`` whose errors arrive as one-line :class:`TrackingError`s.

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from jepa_lab.spec.load import SpecError
 from jepa_lab.spec.plan import StudyPlan
 from jepa_lab.study.session import Session
+from jepa_lab.study.storage import StudyError
 from jepa_lab.study.tracking import ERROR, RUN_ID, A
 from jepa_lab.track.names import trial_run_name
 from jepa_lab.track.store import TrackingError
@@ -59,9 +60,16 @@ def _choice(value: Any) -> Any:
     return value if _scalar(value) else flow(value)
 
 
-def suggest(plan: StudyPlan, trial: optuna.Trial) -> dict[str, Any]:
+def suggest(
+    plan: StudyPlan, trial: optuna.Trial, fixed: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The trial's settings (dotted key -> value): its grid cell, or the search's suggestions in
-    declared order, a parameter only where its ``when`` holds for the spec so far."""
+    declared order, a parameter only where its ``when`` holds for the spec so far.
+
+    The seed is not a searched parameter (it would show in hyperparameter importance): it is
+    enqueued with the grid cell, so it lives in the trial's system attribute
+    ``fixed_params["seed"]`` (also what dedup and retries compare and copy), is read from
+    ``fixed`` (those fixed params) and recorded as the user attribute ``jepa_lab.seed``."""
     from jepa_lab.spec.plan import lookup
 
     spec = plan.spec
@@ -71,7 +79,10 @@ def suggest(plan: StudyPlan, trial: optuna.Trial) -> dict[str, Any]:
             chosen = trial.suggest_categorical(key, [_choice(v) for v in values])
             settings[key] = values[[_choice(v) for v in values].index(chosen)]
         if spec.seeds is not None:
-            settings["seed"] = trial.suggest_categorical("seed", spec.seeds)
+            seed = (fixed or {}).get("seed")
+            if seed not in spec.seeds:
+                raise StudyError(f"trial {trial.number} has no enqueued seed (got {seed!r})")
+            settings["seed"] = seed
         return settings
     for key, param in spec.search.params.items():
         if param.when:
@@ -133,7 +144,8 @@ def run_trial(
         session.uri, session.experiment_id, parent_run_id=session.parent_run_id, tags=tags
     )
     try:
-        settings = suggest(plan, trial)
+        attrs = session.optuna_storage.get_trial_system_attrs(session.trial_id(trial.number))
+        settings = suggest(plan, trial, attrs.get("fixed_params", {}))
         trial.set_user_attr(A + "settings", settings)
         invalid: SpecError | None = None
         try:  # an invalid combination still gets its (FAILED) run, named for what it is

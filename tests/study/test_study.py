@@ -384,8 +384,14 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
     assert "[w0]" in done.stderr and "[w1]" in done.stderr  # two local worker processes
     assert "p vs random" in done.stdout and "hypervolume" in done.stdout
     loaded = check_consistent(home, journal(home, "grid"), "grid", 4)
-    cells = {(t.params["strategy.kind"], t.params["seed"]) for t in loaded.get_trials()}
+    cells = {
+        (t.params["strategy.kind"], t.user_attrs["jepa_lab.seed"]) for t in loaded.get_trials()
+    }
     assert cells == {(k, s) for k in ("ema", "sigreg") for s in (0, 1)}
+    # the seed is no searched parameter: not in params (nor hyperparameter importance)
+    assert not [t for t in loaded.get_trials() if "seed" in t.params]
+    assert {t.system_attrs["fixed_params"]["seed"] for t in loaded.get_trials()} == {0, 1}
+    assert loaded.metric_names == ["held-out prediction loss", "SIGReg statistic", "probe acc."]
 
     result = in_process("export", str(path), "--format", "json", "-o", str(tmp_path / "f.json"))
     assert result.exit_code == 0, result.output
