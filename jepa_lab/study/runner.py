@@ -128,9 +128,9 @@ def open_session(
         if not create:  # read-only: status, export, plot
             session.parent_run_id = attrs.get(PARENT, "")
             return session
-        names = [metric_name(o.metric) for o in plan.spec.objectives]
-        if session.study.metric_names != names:  # optuna-dashboard shows these, not "Objective 0"
-            session.study.set_metric_names(names)
+        shown = [metric_name(o.metric) for o in plan.spec.objectives]
+        if session.study.metric_names != shown:  # optuna-dashboard shows these, not "Objective 0"
+            session.study.set_metric_names(shown)
         session.experiment_id = prepare_store(uri, plan.name)
         if DIGEST not in attrs:
             for cell in plan.cells():  # idempotent: a crash here is repaired by the next open
