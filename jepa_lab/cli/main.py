@@ -146,6 +146,14 @@ def train(
     """Pre-train one experiment, evaluate it, print a summary table and log it to MLflow."""
     if (spec_file is None) == (from_run is None):
         fail("give a SPEC_FILE or --from-run RUN_ID (exactly one)")
+    if progress and os.environ.get("RANK", "0") == "0":  # before torch and MLflow load (seconds)
+        where = tracking_uri or "the local store" if track else "no tracking"
+        print(
+            f"jepa-lab train {spec_file or 'run ' + str(from_run)}: device {device or 'auto'}, "
+            f"{where}; loading...",
+            file=sys.stderr,
+            flush=True,
+        )
     from jepa_lab.cli.launch import launch, under_launcher, without_option
 
     if nproc > 1 and not under_launcher():
@@ -215,7 +223,9 @@ def train(
             data = result.to_dict()
             write_json(run_dir / "result.json", data)
             if logger is not None:
+                reporter.progress("logging", 0, 1)
                 logger.log_result(result, run_dir)
+                reporter.progress("logging", 1, 1)
     except failed as exc:
         fail(str(exc))
     except TrainingError as exc:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 class ProgressReporter:
-    """One bar per phase ("train", "evaluate"); the train bar shows loss and images/s."""
+    """One bar per phase ("train", "eval features", "eval probe", ..., "logging"); the train
+    bar shows loss and images/s."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.bar = Progress(
@@ -53,9 +54,12 @@ class ProgressReporter:
         self.bar.stop()
 
     def progress(self, phase: str, done: int, total: int) -> None:
+        """One bar per phase; only the train bar shows the loss and throughput (an evaluation
+        phase would show stale training numbers)."""
         if phase not in self.tasks:
             self.tasks[phase] = self.bar.add_task(phase, total=total, info="")
-        self.bar.update(self.tasks[phase], completed=done, total=total, info=self.info)
+        info = self.info if phase == "train" else ""
+        self.bar.update(self.tasks[phase], completed=done, total=total, info=info)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if "train/loss" in metrics:

@@ -65,15 +65,30 @@ def _session(
         fail(str(exc))
 
 
-def _line(outcome: Outcome, session: Session) -> str:
+def _line(outcome: Outcome, session: Session, eta: str = "") -> str:
+    """One finished trial: its number and run name (strategy, differing settings, seed)."""
+    named = f"trial {outcome.number}" + (f" {outcome.name}" if outcome.name else "")
     if outcome.state != "COMPLETE":
-        return f"trial {outcome.number} {outcome.state}: {outcome.error}"
+        return f"{named} {outcome.state}: {outcome.error}{eta}"
     assert outcome.values is not None
     values = "  ".join(
         f"{o.metric}={v:.4g}"
         for o, v in zip(session.plan.spec.objectives, outcome.values, strict=True)
     )
-    return f"trial {outcome.number} COMPLETE  {values}  ({outcome.seconds:.1f} s)"
+    return f"{named} COMPLETE  {values}  ({outcome.seconds:.1f} s){eta}"
+
+
+def _eta(finished: int, total: int, began: float, done_here: int) -> str:
+    """``  [3/8 trials, ETA 2m10s]``: the remaining trials at the pace of those finished here."""
+    import time
+
+    if done_here == 0 or finished >= total:
+        return f"  [{finished}/{total} trials]"
+    seconds = (time.monotonic() - began) / done_here * (total - finished)
+    minutes, rest = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    shown = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{rest:02d}s"
+    return f"  [{finished}/{total} trials, ETA {shown}]"
 
 
 def _parse_gpus(gpus: str | None) -> list[int] | None:
@@ -146,6 +161,14 @@ def run(
         _check_gpus(gpu_ids)
         device = "cuda"  # never a silent fallback to the CPU
     count = workers or (len(gpu_ids) if gpu_ids else 1)
+    if progress:  # before Optuna, MLflow and torch load (seconds)
+        print(
+            f"jepa-lab run {study_file}: {count} worker{'s' * (count > 1)}, storage "
+            f"{storage or 'beside the tracking store'}, tracking "
+            f"{tracking_uri or 'the local store'}; loading...",
+            file=sys.stderr,
+            flush=True,
+        )
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=True)
     console = Console(stderr=True)
@@ -194,6 +217,8 @@ def _end(session: Session, status: str) -> None:
 
 
 def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
+    import time
+
     from jepa_lab.cli.tables import trials_bar
     from jepa_lab.data.files import DataError
     from jepa_lab.study import runner as st
@@ -211,12 +236,17 @@ def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
                 phases[phase] = bar.add_task(f"  {phase}", total=total)
             bar.update(phases[phase], completed=done, total=total)
 
+        began, done_here = time.monotonic(), []
+
         def echo(outcome: Outcome) -> None:
             for task in phases.values():
                 bar.remove_task(task)
             phases.clear()
-            bar.console.print(_line(outcome, session), highlight=False)
-            bar.update(trials, completed=st.n_finished(session))
+            done_here.append(outcome.number)
+            finished, total = st.n_finished(session), session.plan.spec.n_trials
+            eta = _eta(finished, total, began, len(done_here))
+            bar.console.print(_line(outcome, session, eta), highlight=False)
+            bar.update(trials, completed=finished, description=f"trials{eta.split(',')[-1]}")
 
         try:
             outcomes = st.work(session, options, echo, progress)

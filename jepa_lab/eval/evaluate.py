@@ -65,18 +65,27 @@ def _features(
 
 
 def _scores(prefix: str, features: Features, spec: ExperimentSpec, data: Dataset) -> dict:
+    return _probe_scores(prefix, features, spec, data) | _knn_scores(prefix, features, spec, data)
+
+
+def _probe_scores(prefix: str, features: Features, spec: ExperimentSpec, data: Dataset) -> dict:
     index = probe_subset(len(data.train_labels), spec.eval.probe_train)
     train_y, test_y = data.train_labels.cpu()[index], data.test_labels.cpu()
     probe = fit_probe(features[0], train_y, features[1], test_y, spec.eval, PROBE_SEED, index)
-    knn = knn_accuracy(
-        features[0], train_y, features[1], test_y, spec.eval.knn_k, spec.data.n_classes
-    )
     return {
         f"eval/{prefix}probe_acc": probe.test_acc,
         f"eval/{prefix}probe_val_acc": probe.val_acc,
         f"eval/{prefix}probe_l2": probe.l2,
-        f"eval/{prefix}knn_acc": knn,
     }
+
+
+def _knn_scores(prefix: str, features: Features, spec: ExperimentSpec, data: Dataset) -> dict:
+    index = probe_subset(len(data.train_labels), spec.eval.probe_train)
+    train_y, test_y = data.train_labels.cpu()[index], data.test_labels.cpu()
+    knn = knn_accuracy(
+        features[0], train_y, features[1], test_y, spec.eval.knn_k, spec.data.n_classes
+    )
+    return {f"eval/{prefix}knn_acc": knn}
 
 
 def _cached(key: dict, compute: Callable[[], dict]) -> dict:
@@ -204,19 +213,28 @@ def evaluate(
     device: torch.device,
     progress: Progress,
 ) -> dict[str, float]:
-    """All evaluation metrics of a trained model (``eval/*`` and ``diag/*``)."""
+    """All evaluation metrics of a trained model (``eval/*`` and ``diag/*``), reporting each
+    named phase (``eval features``, ``eval probe``, ``eval kNN``, ``eval diagnostics``, ``eval
+    baselines``) as 0 of 1, then 1 of 1."""
     with _evaluating(model, strategy):
         encoder = strategy.eval_encoder(model.encoder)
-        progress("evaluate", 0, 3)
+        progress("eval features", 0, 1)
         features = _features(encoder, spec, data, device)
-        metrics = _scores("", features, spec, data)
-        progress("evaluate", 1, 3)
+        progress("eval features", 1, 1)
+        progress("eval probe", 0, 1)
+        metrics = _probe_scores("", features, spec, data)
+        progress("eval probe", 1, 1)
+        progress("eval kNN", 0, 1)
+        metrics |= _knn_scores("", features, spec, data)
+        progress("eval kNN", 1, 1)
+        progress("eval diagnostics", 0, 1)
         metrics |= diagnostics(spec, data, model, strategy, features[1], device)
-        progress("evaluate", 2, 3)
+        progress("eval diagnostics", 1, 1)
         if spec.eval.baselines:
+            progress("eval baselines", 0, 1)
             metrics |= baselines(spec, data, device)
             metrics["eval/gain_over_random"] = (
                 metrics["eval/probe_acc"] - metrics["eval/random_probe_acc"]
             )
-        progress("evaluate", 3, 3)
+            progress("eval baselines", 1, 1)
     return metrics

@@ -43,6 +43,7 @@ class Outcome:
     values: list[float] | None = None
     error: str = ""
     seconds: float = 0.0
+    name: str = ""  # the MLflow run name: strategy, differing settings, seed
 
 
 def cell_params(cell: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,6 +144,7 @@ def run_trial(
     tracking = Tracking(
         session.uri, session.experiment_id, parent_run_id=session.parent_run_id, tags=tags
     )
+    name = f"trial-{trial.number}"
     try:
         attrs = session.optuna_storage.get_trial_system_attrs(session.trial_id(trial.number))
         settings = suggest(plan, trial, attrs.get("fixed_params", {}))
@@ -185,6 +187,7 @@ def run_trial(
         trial.set_user_attr(ERROR, reason)
         # skip_if_finished: a heartbeat that went stale may have failed (and re-enqueued) it
         session.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        return Outcome(trial.number, "FAIL", error=reason, seconds=time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        return Outcome(trial.number, "FAIL", error=reason, seconds=seconds, name=name)
     session.study.tell(trial, values, skip_if_finished=True)
-    return Outcome(trial.number, "COMPLETE", values, seconds=time.perf_counter() - began)
+    return Outcome(trial.number, "COMPLETE", values, seconds=time.perf_counter() - began, name=name)

@@ -43,7 +43,7 @@ def test_every_command_checks_device_the_same_way(command: str) -> None:
 
 
 def test_a_study_file_given_to_train_names_run() -> None:
-    result = invoke("train", A_STUDY, "--no-track")
+    result = invoke("train", A_STUDY, "--no-track", "--no-progress")
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"`jepa-lab run {A_STUDY}`" in lines[0], result.stderr
@@ -53,12 +53,12 @@ def test_a_study_file_given_to_train_names_run() -> None:
 def test_a_spec_given_to_a_study_command_names_train(command: str) -> None:
     result = invoke(command, SMOKE)
     assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"`jepa-lab train {SMOKE}`" in lines[0], result.stderr
 
 
 def test_a_field_of_another_variant_names_that_variant() -> None:
-    result = invoke("train", SMOKE, "--set", "strategy.lambda=0.1", "--no-track")
+    result = invoke("train", SMOKE, "--set", "strategy.lambda=0.1", "--no-track", "--no-progress")
     assert result.exit_code == 2
     [line] = result.stderr.strip().splitlines()
     assert "strategy.lambda" in line and "strategy kind 'sigreg', not 'ema'" in line, line
