@@ -130,7 +130,9 @@ def open_session(
             return session
         shown = [metric_name(o.metric) for o in plan.spec.objectives]
         if session.study.metric_names != shown:  # optuna-dashboard shows these, not "Objective 0"
-            session.study.set_metric_names(shown)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                session.study.set_metric_names(shown)
         session.experiment_id = prepare_store(uri, plan.name)
         if DIGEST not in attrs:
             for cell in plan.cells():  # idempotent: a crash here is repaired by the next open
