@@ -26,7 +26,7 @@ from jepa_lab.cli.options import (
 from jepa_lab.cli.study import register
 
 if TYPE_CHECKING:
-    from jepa_lab.spec.experiment import ExperimentSpec
+    from jepa_lab.spec.load import AnySpec
 
 app = typer.Typer(
     name="jepa-lab",
@@ -64,16 +64,15 @@ runs_app = typer.Typer(help="Browse the runs logged to MLflow.", no_args_is_help
 app.add_typer(runs_app, name="runs")
 
 
-def load_spec(path: Path, overrides: list[str] | None) -> ExperimentSpec:
-    from jepa_lab.spec.experiment import ExperimentSpec
-    from jepa_lab.spec.load import SpecError, load
+def load_spec(path: Path, overrides: list[str] | None) -> AnySpec:
+    from jepa_lab.spec.load import SpecError, load_any
     from jepa_lab.spec.plan import is_study_file
 
     try:
         if is_study_file(path):
             fail(f"{path} is a study file (it has base:), not an experiment spec: run it with "
                  f"`jepa-lab run {path}`")  # fmt: skip
-        return load(ExperimentSpec, path, overrides or [])
+        return load_any(path, overrides or [])
     except SpecError as exc:
         fail(exc.messages)
 
@@ -85,10 +84,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     partial.replace(path)
 
 
-def spec_from_run(uri: str, run_id: str, overrides: list[str] | None) -> ExperimentSpec:
+def spec_from_run(uri: str, run_id: str, overrides: list[str] | None) -> AnySpec:
     """The spec a logged run resolved, with ``overrides`` merged in."""
-    from jepa_lab.spec.experiment import ExperimentSpec
-    from jepa_lab.spec.load import Source, SpecError, apply_overrides, validate
+    from jepa_lab.spec.load import Source, SpecError, apply_overrides, validate_any
     from jepa_lab.track.reader import spec_of_run
     from jepa_lab.track.store import TrackingError
 
@@ -98,7 +96,7 @@ def spec_from_run(uri: str, run_id: str, overrides: list[str] | None) -> Experim
         fail(str(exc))
     source = Source(f"run {run_id}:spec.yaml")
     try:
-        return validate(ExperimentSpec, apply_overrides(data, overrides or [], source), source)
+        return validate_any(apply_overrides(data, overrides or [], source), source)
     except SpecError as exc:
         fail(exc.messages)
 
@@ -288,8 +286,7 @@ def validate(
     spec_files: Annotated[list[Path], typer.Argument(help="Spec files to check.")],
 ) -> None:
     """Check experiment and study files; print FILE:LINE errors and exit 2 if any is invalid."""
-    from jepa_lab.spec.experiment import ExperimentSpec
-    from jepa_lab.spec.load import SpecError, load
+    from jepa_lab.spec.load import SpecError, load_any
     from jepa_lab.spec.plan import is_study_file, load_study
 
     problems: list[str] = []
@@ -298,7 +295,7 @@ def validate(
             if is_study_file(path):
                 load_study(path)
             else:
-                load(ExperimentSpec, path)
+                load_any(path)
         except SpecError as exc:
             problems.extend(exc.messages)
         else:
@@ -438,11 +435,17 @@ def runs_list(
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    world: Annotated[
+        bool, typer.Option("--world", help="World-model specs (kind: world_model) instead.")
+    ] = False,
+) -> None:
     """Print the JSON Schema of experiment specs (for editor completion)."""
     from jepa_lab.spec.experiment import ExperimentSpec
+    from jepa_lab.spec.world import WorldSpec
 
-    print(json.dumps(ExperimentSpec.model_json_schema(by_alias=True), indent=2))
+    model = WorldSpec if world else ExperimentSpec
+    print(json.dumps(model.model_json_schema(by_alias=True), indent=2))
 
 
 register(app)

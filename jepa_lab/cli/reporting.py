@@ -77,20 +77,63 @@ def summary_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
     def num(key: str, fmt: str = ".4g") -> str:
         return format(metrics[key], fmt) if key in metrics else "-"
 
+    if "drift/nmse_k1/none" in metrics:
+        return world_rows(metrics)
+
+    def val(key: str) -> str:
+        ci = metrics.get(f"{key}_ci")
+        return pct(key) if ci is None else f"{pct(key)} +- {100 * ci:.2f}"
+
+    def tokens() -> str:
+        return f"{num('diag/context_tokens', '.1f')} / {num('diag/target_tokens', '.1f')}"
+
     rows = [
         ("linear probe (test)", pct("eval/probe_acc")),
+        ("linear probe (validation)", val("eval/probe_val_acc")),
         ("kNN (test)", pct("eval/knn_acc")),
         ("random-init probe", pct("eval/random_probe_acc")),
         ("raw-pixel probe", pct("eval/pixel_probe_acc")),
         ("gain over random init", pct("eval/gain_over_random")),
         ("RankMe", num("diag/rankme")),
         ("per-dim std", num("diag/std")),
-        ("SIGReg statistic", num("diag/sigreg")),
-        ("held-out prediction loss", num("diag/pred_loss")),
+        ("SIGReg statistic (pooled features)", num("diag/sigreg_pooled")),
+        ("SIGReg statistic (what SIGReg regularises)", num("diag/sigreg_regularised")),
+        ("prediction error (MSE to LayerNorm'd targets)", num("diag/pred_loss")),
+        ("own training loss (held-out images)", num("diag/train_loss_heldout")),
+        ("context / target tokens per image", tokens()),
         ("positional share", num("diag/positional_share", ".3f")),
     ]
     if "eval/gain_over_random" in metrics and metrics["eval/gain_over_random"] <= 0:
         rows.append(("verdict", "NOT better than its random-init baseline"))
+    return rows
+
+
+def world_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """Key metrics of a world-model run: drift, diagnostics and planning success."""
+
+    def num(key: str, fmt: str = ".3g") -> str:
+        return format(metrics[key], fmt) if key in metrics else "-"
+
+    rows = [("door crossings in data", num("data/crossing_share", ".4f"))]
+    for kind in ("none", "renorm", "knn"):
+        steps = [k for k in (1, 10, 20, 30) if f"drift/nmse_k{k}/{kind}" in metrics]
+        shown = "  ".join(f"k{k} {num(f'drift/nmse_k{k}/{kind}')}" for k in steps)
+        rows.append((f"NMSE ({kind})", shown))
+    rows += [
+        ("NMSE references (copy / mean / random)", " / ".join(
+            num(f"drift/ref/nmse_{r}_final") for r in ("copy", "mean", "random"))),
+        ("RankMe", num("diag/rankme")),
+        ("per-dim std", num("diag/std")),
+        ("SIGReg statistic", num("diag/sigreg")),
+        ("total variance", num("diag/total_variance")),
+    ]  # fmt: skip
+    for key in sorted(k for k in metrics if k.startswith("plan/test/") and k.endswith("/success")):
+        arm = key.removeprefix("plan/test/").removesuffix("/success")
+        low, high = metrics[key[: -len("success")] + "success_low"], metrics[
+            key[: -len("success")] + "success_high"]  # fmt: skip
+        seconds = metrics[key[: -len("success")] + "seconds_per_episode"]
+        rows.append((f"success {arm}", f"{100 * metrics[key]:.1f} % [{100 * low:.0f}, "
+                     f"{100 * high:.0f}]  {seconds:.2f} s/ep"))  # fmt: skip
     return rows
 
 

@@ -142,7 +142,12 @@ def run(
     fail_fast: FailFastOption = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run a whole study (grid and/or search) to its total trial count; resumes if re-run."""
+    """Run a whole study (grid and/or search) to its total trial count; resumes if re-run.
+
+    Outages: a lost database connection is retried with backoff for $JEPA_LAB_DB_RETRY_S
+    seconds (default 300), an unreachable tracking server for $JEPA_LAB_TRACKING_RETRY_S
+    (default 300); past that, the worker stops with one line and its trial is retried on resume.
+    """
     from rich.console import Console
 
     from jepa_lab.cli.tables import report
@@ -274,7 +279,13 @@ def worker(
         ),
     ] = None,
 ) -> None:
-    """Join a study as one worker (e.g. from another machine with --storage postgresql://...)."""
+    """Join a study as one worker (e.g. from another machine with --storage postgresql://...).
+
+    Outages: a lost database connection is retried with backoff for $JEPA_LAB_DB_RETRY_S
+    seconds (default 300), an unreachable tracking server for $JEPA_LAB_TRACKING_RETRY_S
+    (default 300); past that, the worker exits with one line (code 2) and its trial is retried
+    by the next worker (or by the heartbeat, from another machine).
+    """
     import zlib
 
     from jepa_lab.cli.workers import apply_cpus
@@ -319,15 +330,17 @@ def status(
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """Trials by state, the current Pareto front and its hypervolume."""
+    """Trials by state, the failed ones with their reasons, the Pareto front and its
+    hypervolume."""
 
-    from jepa_lab.cli.tables import front_table, stdout_console, volume_line
+    from jepa_lab.cli.tables import failures_table, front_table, stdout_console, volume_line
     from jepa_lab.study import results as sr
     from jepa_lab.study.runner import n_finished
 
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    _, _, front, volume = sr.tables(session)
+    found = sr.tables(session)
+    front, volume = found.front, found.hypervolume
     counts = sr.counts(session)
     out = stdout_console()
     out.print(
@@ -338,8 +351,11 @@ def status(
     for state in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "FAIL (retried)", "PRUNED"):
         if counts.get(state):
             out.print(f"  {state:<15} {counts[state]}", highlight=False)
+    failures = sr.failures(session)
+    if failures:
+        out.print(failures_table(failures), highlight=False)
     out.print(front_table(front, session))
-    out.print(volume_line(session, volume), highlight=False)
+    out.print(volume_line(session, volume, found.hypervolume_ci), highlight=False)
 
 
 def export(
@@ -362,7 +378,9 @@ def export(
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """The Pareto-front table (mean/std/n over seeds, Welch tests) in a file format."""
+    """The Pareto-front table (means with 95 % CIs over seeds, paired comparisons with Holm
+    p-values, front probabilities) in a file format; --all: every configuration, and every failed
+    trial with its reason and retry."""
     from jepa_lab.cli.tables import volume_line
     from jepa_lab.study import export as ex
     from jepa_lab.study import results as sr
@@ -375,11 +393,15 @@ def export(
         fail("parquet is binary: give an output file with -o FILE.parquet")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    _, summary, front, volume = sr.tables(session)
+    found = sr.tables(session)
+    volume = found.hypervolume
     rows = ex.export_table(
-        summary if all_configs else front, plan.spec.objectives, sr.setting_keys(plan)
+        found.summary if all_configs else found.front,
+        plan.spec.objectives,
+        sr.setting_keys(plan),
+        found.trials if all_configs else None,  # --all: the failed trials and their reasons too
     )
-    text = ex.render(rows, chosen, sr.export_meta(session, volume), output)
+    text = ex.render(rows, chosen, sr.export_meta(session, found), output)
     if text is not None:
         sys.stdout.write(text)
         print(volume_line(session, volume), file=sys.stderr)
@@ -405,7 +427,8 @@ def plot(
         fail(f"{output}: plot to a .png or an .html file")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
-    _, summary, front, volume = sr.tables(session)
+    found = sr.tables(session)
+    summary, front, volume = found.summary, found.front, found.hypervolume
     if summary.empty:
         fail(f"study {plan.name} has no complete trial yet: nothing to plot")
     pareto_plot.plot(

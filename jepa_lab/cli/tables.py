@@ -28,9 +28,37 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _ci(value: Any, low: Any, high: Any, pct: bool = True, signed: bool = False) -> str:
+    """``71.00 [69.12, 72.88] %``: a value with its 95 % interval (``-`` where there is none)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    scale, unit = (100.0, " %") if pct else (1.0, "")
+    form = "+.2f" if signed else ".2f"
+    text = f"{scale * value:{form}}"
+    if isinstance(low, float) and math.isfinite(low) and isinstance(high, float):
+        text += f" [{scale * low:{form}}, {scale * high:{form}}]"
+    return text + unit
+
+
+def _difference(row: Any, name: str) -> str:
+    """A paired difference: CI over seeds, CI over test images, then the Holm p or the reason."""
+    text = _ci(row.get(f"d_vs_{name}"), row.get(f"d_vs_{name} lo"), row.get(f"d_vs_{name} hi"),
+               signed=True)  # fmt: skip
+    low, high = row.get(f"d_vs_{name} img lo"), row.get(f"d_vs_{name} img hi")
+    if isinstance(low, float) and math.isfinite(low):
+        text += f" img [{100 * low:+.2f}, {100 * high:+.2f}]"
+    p = row.get(f"p_vs_{name}")
+    if isinstance(p, float) and math.isfinite(p):
+        return text + f"; p_Holm {p:.2g}"
+    reason = row.get(f"test_vs_{name}")
+    return text + (f"; {reason}" if isinstance(reason, str) and reason else "")
+
+
 def summary_table(summary: Any, session: Session) -> Any:
-    """Per configuration: probe accuracy mean ± std (n), kNN, the random-init and raw-pixel
-    baselines, RankMe, per-dim std, positional share, prediction loss, Welch p-values."""
+    """Per configuration: the probe on test (mean [95 % CI over seeds]) and on validation (its
+    CI), the paired differences to the strongest random init, to raw pixels and to the other
+    strategies (CI over seeds, CI over test images, Holm p-value or why n allows none), the
+    front probability, and the collapse diagnostics."""
     from rich.table import Table
 
     from jepa_lab.study.results import setting_keys
@@ -40,32 +68,41 @@ def summary_table(summary: Any, session: Session) -> Any:
         for p in setting_keys(session.plan)
         if p != "strategy.kind" and p in summary and summary[p].nunique() > 1
     ]
-    table = Table(title=f"study {session.plan.name}: {len(summary)} configurations")
-    columns = [
-        ("strategy", None, False),
-        *[(p, None, False) for p in params],
-        ("probe", "eval/probe_acc", True),
-        ("kNN", "eval/knn_acc", True),
-        ("random init", "eval/random_probe_acc", True),
-        ("raw pixels", "eval/pixel_probe_acc", True),
-        ("RankMe", "diag/rankme", False),
-        ("per-dim std", "diag/std", False),
-        ("pos. share", "diag/positional_share", False),
-        ("pred. loss", "diag/pred_loss", False),
+    table = Table(
+        title=f"study {session.plan.name}: {len(summary)} configurations; differences are "
+        "this row minus the other, paired by seed, in points [95 % CI over seeds] img [over "
+        "test images]"
+    )
+    probes = [("probe (test)", "eval/probe_acc"), ("probe (val)", "eval/probe_val_acc")]
+    diagnostics = [
+        ("RankMe", "diag/rankme"),
+        ("per-dim std", "diag/std"),
+        ("SIGReg stat. (pooled)", "diag/sigreg_pooled"),
+        ("pos. share", "diag/positional_share"),
+        ("pred. loss", "diag/pred_loss"),
     ]
-    tests = [c for c in summary.columns if c.startswith("p_vs_")]
-    for name, _, _ in columns:
-        table.add_column(name, justify="left" if name == "strategy" or name in params else "right")
-    for name in tests:
-        table.add_column(name.replace("p_vs_", "p vs "), justify="right")
+    compared = [c.removeprefix("test_vs_") for c in summary.columns if c.startswith("test_vs_")]
+    labels = {"random": "vs random init", "pixels": "vs raw pixels"}
+    table.add_column("strategy")
+    for p in params:
+        table.add_column(p)
+    table.add_column("n", justify="right")
+    for name, _ in probes:
+        table.add_column(name, justify="right")
+    for name in compared:
+        table.add_column(labels.get(name, f"vs {name}"), justify="right")
+    if "front_prob" in summary:
+        table.add_column("P(front)", justify="right")
+    for name, _ in diagnostics:
+        table.add_column(name, justify="right")
     for _, row in summary.iterrows():
-        cells = []
-        for name, metric, pct in columns:
-            if metric is None:
-                cells.append(_cell(row.get(name)))
-            else:
-                cells.append(_fmt(row.get(metric), row.get(f"{metric} std"), int(row["n"]), pct))
-        cells += [_fmt(row.get(name)) for name in tests]
+        cells = [_cell(row.get("strategy")), *[_cell(row.get(p)) for p in params]]
+        cells.append(str(int(row["n"])))
+        cells += [_ci(row.get(m), row.get(f"{m} lo"), row.get(f"{m} hi")) for _, m in probes]
+        cells += [_difference(row, name) for name in compared]
+        if "front_prob" in summary:
+            cells.append(_cell(row.get("front_prob")))
+        cells += [_fmt(row.get(m), row.get(f"{m} std")) for _, m in diagnostics]
         table.add_row(*cells)
     return table
 
@@ -94,6 +131,20 @@ def front_table(front: Any, session: Session) -> Any:
     return table
 
 
+def failures_table(failures: list[dict[str, Any]]) -> Any:
+    """The failed trials: why each failed and which trial retried it."""
+    from rich.table import Table
+
+    table = Table(title=f"failed trials ({len(failures)})")
+    table.add_column("trial", justify="right")
+    table.add_column("retried by", justify="right")
+    table.add_column("reason", overflow="fold")
+    for row in failures:
+        retry = row["retried_by"]
+        table.add_row(str(row["trial"]), "-" if retry is None else str(retry), row["fail_reason"])
+    return table
+
+
 def trials_bar(console: Any, show: bool) -> Any:
     """The study's progress display: one bar over trials (and one per phase of a local trial)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -113,11 +164,11 @@ def report(session: Session, console: Any) -> None:
 
     from jepa_lab.study import results as sr
 
-    _, summary, front, volume = sr.tables(session)
+    found = sr.tables(session)
     out = stdout_console()
-    out.print(summary_table(summary, session))
-    out.print(front_table(front, session))
-    out.print(volume_line(session, volume), highlight=False)
+    out.print(summary_table(found.summary, session))
+    out.print(front_table(found.front, session))
+    out.print(volume_line(session, found.hypervolume, found.hypervolume_ci), highlight=False)
     counts = sr.counts(session)
     out.print(
         "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False
@@ -132,10 +183,15 @@ def stdout_console() -> Any:
     return console if console.is_terminal else Console(width=240)
 
 
-def volume_line(session: Session, volume: float) -> str:
-    """The hypervolume and the reference point it was taken against."""
+def volume_line(
+    session: Session, volume: float, ci: tuple[float, float] = (math.nan, math.nan)
+) -> str:
+    """The hypervolume, its bootstrap interval over seeds, and the reference point."""
     objectives = session.plan.spec.objectives
+    interval = (
+        f" [95 % CI {ci[0]:.6g} to {ci[1]:.6g}, seeds resampled]" if math.isfinite(ci[0]) else ""
+    )
     return (
-        f"hypervolume {volume:.6g}  (reference point "
+        f"hypervolume {volume:.6g}{interval}  (reference point "
         f"{', '.join(f'{o.metric}={o.reference:g}' for o in objectives)})"
     )

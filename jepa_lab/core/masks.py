@@ -15,6 +15,7 @@ image keeps a single target block, which the spec validation guarantees leaves e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,19 +29,37 @@ class Masks:
 
     context: (B, Nc) indices the context encoder sees.
     targets: (B, T, Nt) indices of T target blocks to predict, Nt tokens each.
+    padding: (B, Nc) bool, True where a context entry is padding (``mask.context: pad``): its
+        index is a valid token but attention must ignore it. None when every entry is real.
     """
 
     context: torch.Tensor
     targets: torch.Tensor
+    padding: torch.Tensor | None = None
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Masks:
+        padding = None if self.padding is None else fn(self.padding)
+        return Masks(fn(self.context), fn(self.targets), padding)
 
     def to(self, device: torch.device | str) -> Masks:
-        return Masks(
-            self.context.to(device, non_blocking=True), self.targets.to(device, non_blocking=True)
-        )
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Masks:
+        return self._map(lambda t: t.pin_memory())
 
     def rows(self, start: int, stop: int) -> Masks:
         """The masks of batch rows ``start:stop`` (a rank's shard of the global batch)."""
-        return Masks(self.context[start:stop], self.targets[start:stop])
+        return self._map(lambda t: t[start:stop])
+
+    def context_counts(self) -> torch.Tensor:
+        """(B,) real (unpadded) context tokens of each image."""
+        if self.padding is None:
+            return torch.full(self.context.shape[:1], self.context.shape[1], dtype=torch.int64)
+        return (~self.padding).sum(1)
+
+    def target_counts(self, tokens: int) -> torch.Tensor:
+        """(B,) distinct tokens covered by an image's target blocks (overlaps counted once)."""
+        return _covered(self.targets.cpu(), tokens).sum(1)
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -79,7 +98,11 @@ def _pick(allowed: torch.Tensor, count: int, generator: torch.Generator) -> torc
 def sample_multiblock(
     spec: MultiBlockMaskSpec, grid: int, batch: int, generator: torch.Generator
 ) -> Masks:
-    """I-JEPA multi-block masks for a batch; block sizes once per batch, positions per image."""
+    """I-JEPA multi-block masks for a batch; block sizes once per batch, positions per image.
+
+    ``spec.context`` 'truncate' cuts every image's context to the batch minimum; 'pad' keeps each
+    image's own and marks the entries beyond it in ``Masks.padding``. Both consume the generator
+    identically, so the two differ only in the entries kept."""
     tokens = grid * grid
     h, w = block_shape(
         _uniform(generator, *spec.target_scale), _uniform(generator, *spec.target_aspect), grid
@@ -105,8 +128,12 @@ def sample_multiblock(
     allowed = in_block & ~covered
     short = allowed.sum(1) < spec.min_context
     allowed = torch.where(short[:, None], ~covered, allowed)
-    count = int(allowed.sum(1).min())  # host tensor: no device sync
-    return Masks(_pick(allowed, count, generator), targets)
+    counts = allowed.sum(1)  # host tensor: no device sync
+    if spec.context == "truncate":
+        return Masks(_pick(allowed, int(counts.min()), generator), targets)
+    context = _pick(allowed, int(counts.max()), generator)
+    # _pick ranks allowed tokens first, so a row's real tokens are its allowed picks.
+    return Masks(context, targets, ~allowed.gather(1, context))
 
 
 def sample_random(ratio: float, grid: int, batch: int, generator: torch.Generator) -> Masks:

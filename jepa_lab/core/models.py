@@ -28,6 +28,16 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def key_mask(padding: torch.Tensor | None) -> torch.Tensor | None:
+    """Attention mask (B, 1, 1, n) from ``padding`` (B, n), True where a key may be attended to.
+
+    Broadcast over heads and queries: padded keys get no attention weight, so they cannot
+    influence any output (their own rows are computed but never read). None stays None, which
+    keeps the unpadded path exactly the unmasked attention.
+    """
+    return None if padding is None else ~padding[:, None, None, :]
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
@@ -75,12 +85,20 @@ class Encoder(nn.Module):
         assert self.patch_embed.proj.bias is not None
         nn.init.zeros_(self.patch_embed.proj.bias)
 
-    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        images: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``keep`` (B, n) token indices; ``padding`` (B, n) True where an entry of ``keep`` is
+        padding that attention must ignore (its output row is meaningless)."""
         x = self.patch_embed(images) + self.pos
         if keep is not None:
             x = gather_tokens(x, keep)
+        mask = key_mask(padding)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, attn_mask=mask)
         return self.norm(x)
 
 
@@ -109,8 +127,12 @@ class Predictor(nn.Module):
         x = x.repeat_interleave(blocks, dim=0)  # (B*T, Nc, P): one sequence per target block
         queries = self.mask_token + gather_tokens(pos, masks.targets.flatten(0, 1))
         x = torch.cat([x, queries], dim=1)
+        mask = None
+        if masks.padding is not None:  # padded context keys are ignored; queries never are
+            padding = masks.padding.repeat_interleave(blocks, dim=0)
+            mask = key_mask(torch.cat([padding, padding.new_zeros(len(padding), n_target)], 1))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, attn_mask=mask)
         out = self.out(self.norm(x[:, -n_target:]))
         return out.view(batch, blocks, n_target, -1)
 
@@ -145,8 +167,10 @@ class JEPA(nn.Module):
     def forward(
         self, images: torch.Tensor, masks: Masks, full_pass: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Predictions (B, T, Nt, K), context tokens (B, Nc, K), full-image tokens (B, N, K)."""
-        context = self.encoder(images, masks.context)
+        """Predictions (B, T, Nt, K), context tokens (B, Nc, K), full-image tokens (B, N, K).
+
+        With ``masks.padding``, the context rows at padded entries are meaningless."""
+        context = self.encoder(images, masks.context, masks.padding)
         predictions = self.predictor(context, masks)
         full = self.encoder(images) if full_pass else None
         return predictions, context, full

@@ -7,8 +7,10 @@ strategies share the same axes. None standardises its input: collapse *is* a mat
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from jepa_lab.core.models import gather_tokens
 from jepa_lab.core.strategies.sigreg import sigreg, sigreg_directions
 
 # RankMe's epsilon (Garrido et al. 2023), added to each normalised singular value.
@@ -104,3 +106,18 @@ def positional_share(tokens: Tensor) -> float:
         return float("nan")
     between = t.shape[0] * (t.mean(0) - grand).square().sum()
     return float(between / total)
+
+
+def prediction_error(predictions: Tensor, tokens: Tensor, targets: Tensor) -> Tensor:
+    """The fixed prediction measure: MSE between predictions and LayerNorm'd target tokens.
+
+    predictions (B, T, Nt, K); tokens (B, N, K), the evaluation encoder's full-image tokens;
+    targets (B, T, Nt) their indices. The tokens get a non-affine LayerNorm over K (I-JEPA's
+    target normalisation) whatever loss the run trained with, so every trial is scored in the
+    same unit: 0 for a perfect prediction, 1 for predicting 0 everywhere. Mind that a collapsed
+    target (every token alike) is easy to predict, so a small value is no evidence of learning on
+    its own: pair it with a collapse measure (rankme, std, sigreg). A scalar tensor, float32.
+    """
+    normalised = F.layer_norm(tokens.float(), tokens.shape[-1:])
+    gathered = gather_tokens(normalised, targets.flatten(1)).view(predictions.shape)
+    return F.mse_loss(predictions.float(), gathered)

@@ -8,12 +8,15 @@ test split is scored once, with the chosen model.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest
 from torch import Tensor
 
 from jepa_lab.spec.experiment import EvalSpec
@@ -46,6 +49,22 @@ class ProbeResult:
     val_acc: float  # accuracy on the validation split for the chosen l2
     l2: float  # chosen L2 strength
     iterations: int  # L-BFGS iterations of the final fit
+    # (M,) predicted class of every test image, as uint8 bytes in the order of test_x: what the
+    # paired tests (McNemar, bootstrap over images) read. Not compared: a permuted test split
+    # predicts the same classes in another order.
+    test_pred: bytes = field(default=b"", compare=False, repr=False)
+    val_size: int = 0  # images in the validation split (the n of val_acc's binomial CI)
+    val_ci: float = float("nan")  # half-width of the 95 % Wilson interval of val_acc
+
+
+def wilson_half_width(correct: int, total: int, confidence: float = 0.95) -> float:
+    """Half the width of the Wilson score interval of ``correct`` successes in ``total`` trials.
+
+    The interval is not centred on correct / total; its half-width is what a table shows as +-,
+    so two accuracies whose intervals overlap widely are not told apart by their split.
+    """
+    ci = binomtest(correct, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.high - ci.low) / 2
 
 
 def _check_labelled(x: Tensor, y: Tensor, name: str) -> None:
@@ -144,6 +163,25 @@ def _accuracy(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor) -> float:
     return float((F.linear(x, weight, bias).argmax(1) == y).double().mean())
 
 
+def encode_classes(classes: Tensor | bytes) -> str:
+    """(M,) class ids in [0, 256) as text: zlib-compressed uint8 bytes in base64.
+
+    10,000 Fashion-MNIST predictions take ~6 KB, small enough for result.json and a study's
+    trial attributes.
+    """
+    if isinstance(classes, Tensor):
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) > 255):
+            raise ValueError("class ids must lie in [0, 256) to be stored as uint8")
+        classes = classes.detach().to("cpu", torch.uint8).numpy().tobytes()
+    return base64.b64encode(zlib.compress(classes, 9)).decode("ascii")
+
+
+def decode_classes(text: str) -> Tensor:
+    """The (M,) int64 class ids :func:`encode_classes` stored."""
+    raw = zlib.decompress(base64.b64decode(text))
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(torch.int64)
+
+
 def fit_probe(
     train_x: Tensor,
     train_y: Tensor,
@@ -158,7 +196,7 @@ def fit_probe(
     train_x (N, D), test_x (M, D) features of any float dtype (computed in float32 on the CPU);
     train_y (N,), test_y (M,) integer labels in [0, C), C = max(train_y) + 1; train_ids (N,)
     unique integer identities of the training samples, or None. Features are standardised with
-    the mean and std of train_x. The validation split (``spec.val_fraction`` of N) is taken by a
+    the mean and std of train_x. The validation split (``spec.val_size`` samples) is taken by a
     seeded hash of each sample's id (of its content without ids), not by position, so the result
     does not depend on the order of the samples, and with ids every encoder is validated on the
     same samples. The L2 grid is walked from the largest value down, each fit warm-started from
@@ -171,9 +209,12 @@ def fit_probe(
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"train has {train_x.shape[1]} features, test {test_x.shape[1]}")
     n = train_x.shape[0]
-    n_val = round(spec.val_fraction * n)
+    n_val = spec.val_size
     if not 1 <= n_val <= n - 1:
-        raise ValueError(f"val_fraction {spec.val_fraction} of {n} samples leaves an empty split")
+        raise ValueError(
+            f"eval.val_size {n_val} of {n} training samples leaves nothing to fit the probe on: "
+            "lower eval.val_size"
+        )
     if train_ids is not None and (train_ids.shape != train_y.shape or len(train_ids.unique()) != n):
         raise ValueError(f"train_ids must be {n} unique ids, one per training sample")
     if min(spec.l2_grid) < 0:
@@ -210,8 +251,17 @@ def fit_probe(
 
     weight, bias, iterations = _fit(x, onehot, l2, spec.max_iter, _principal_axes(x), chosen)
     test = ((test - mean) / std).to(_DTYPE)
-    test_acc = _accuracy(test, test_y.detach().to("cpu", torch.int64), weight, bias)
-    return ProbeResult(test_acc=test_acc, val_acc=val_acc, l2=l2, iterations=iterations)
+    predicted = F.linear(test, weight, bias).argmax(1)  # (M,)
+    test_acc = float((predicted == test_y.detach().to("cpu", torch.int64)).double().mean())
+    return ProbeResult(
+        test_acc=test_acc,
+        val_acc=val_acc,
+        l2=l2,
+        iterations=iterations,
+        test_pred=predicted.to(torch.uint8).numpy().tobytes() if n_classes <= 256 else b"",
+        val_size=n_val,
+        val_ci=wilson_half_width(round(val_acc * n_val), n_val),
+    )
 
 
 def knn_accuracy(

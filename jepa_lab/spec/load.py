@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from jepa_lab.spec.base import FieldError, shorten
-from jepa_lab.spec.experiment import UNION_TAGS
+from jepa_lab.spec.experiment import UNION_TAGS, ExperimentSpec
+from jepa_lab.spec.world import WorldSpec, is_world
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[str | int, ...]
@@ -388,3 +389,22 @@ def load(model: type[M], path: str | Path, overrides: Iterable[str] = ()) -> M:
     """Read ``path``, merge ``overrides`` and validate as ``model``."""
     data, source = read_yaml(path)
     return validate(model, apply_overrides(data, overrides, source), source)
+
+
+AnySpec = ExperimentSpec | WorldSpec
+
+
+def spec_model(data: Any) -> type[ExperimentSpec] | type[WorldSpec]:
+    """The spec class of spec data: a world model (``kind: world_model``) or an image run."""
+    return WorldSpec if isinstance(data, dict) and is_world(data) else ExperimentSpec
+
+
+def validate_any(data: Any, source: Source) -> AnySpec:
+    """:func:`validate` as the spec class that ``data`` names (:func:`spec_model`)."""
+    return validate(spec_model(data), data, source)
+
+
+def load_any(path: str | Path, overrides: Iterable[str] = ()) -> AnySpec:
+    """Read ``path``, merge ``overrides`` and validate as an image or world-model spec."""
+    data, source = read_yaml(path)
+    return validate_any(apply_overrides(data, overrides, source), source)

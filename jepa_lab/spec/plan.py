@@ -23,6 +23,7 @@ import yaml
 from jepa_lab.spec.base import shorten
 from jepa_lab.spec.experiment import ExperimentSpec
 from jepa_lab.spec.load import (
+    AnySpec,
     Loc,
     Source,
     SpecDumper,
@@ -30,8 +31,10 @@ from jepa_lab.spec.load import (
     apply_overrides,
     read_yaml,
     validate,
+    validate_any,
 )
-from jepa_lab.spec.study import BASELINE_METRICS, SearchSpec, StudySpec
+from jepa_lab.spec.study import BASELINE_METRICS, IMAGE_ONLY, WORLD_PREFIXES, SearchSpec, StudySpec
+from jepa_lab.spec.world import WorldSpec
 
 
 def flow(value: Any) -> str:
@@ -116,12 +119,12 @@ class StudyPlan:
 
     def experiment(
         self, settings: Mapping[str, Any], line: int | None = None, at: Mapping[str, int] = {}
-    ) -> ExperimentSpec:
+    ) -> AnySpec:
         """The trial spec for ``settings`` (dotted key -> value) through the one override path;
         errors point at the line in ``at`` of a key, else where the study sets it, else ``line``."""
         source = self._source(settings, line, at)
         data = apply_overrides(self.base, [override(k, v) for k, v in settings.items()], source)
-        return validate(ExperimentSpec, data, source)
+        return validate_any(data, source)
 
     def resolved(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The trial's spec data, validated when possible (for ``when`` conditions)."""
@@ -186,12 +189,25 @@ def _base(spec: StudySpec, data: dict[str, Any], path: Path, source: Source) -> 
     return data["base"], Source(source.path, lines)
 
 
-def _check_objectives(plan: StudyPlan, spec: ExperimentSpec, where: str) -> list[str]:
+def _check_objectives(plan: StudyPlan, spec: AnySpec, where: str) -> list[str]:
     problems = []
+    world = isinstance(spec, WorldSpec)
     for index, objective in enumerate(plan.spec.objectives):
-        if objective.metric in BASELINE_METRICS and not spec.eval.baselines:
-            lines = plan.source.lines
-            line = lines.get(("objectives", index, "metric")) or lines.get(("objectives", index), 1)
+        lines = plan.source.lines
+        line = lines.get(("objectives", index, "metric")) or lines.get(("objectives", index), 1)
+        image_only = objective.metric in IMAGE_ONLY or objective.metric.startswith("eval/")
+        if objective.metric.startswith(WORLD_PREFIXES) if not world else image_only:
+            kind = "a world-model" if world else "an image"
+            problems.append(
+                f"{plan.source.path}:{line}: objectives.{index}.metric: {objective.metric} is "
+                f"not a metric of {kind} experiment{where}"
+            )
+            continue
+        if (
+            isinstance(spec, ExperimentSpec)
+            and objective.metric in BASELINE_METRICS
+            and not spec.eval.baselines
+        ):
             problems.append(
                 f"{plan.source.path}:{line}: objectives.{index}.metric: {objective.metric} needs "
                 f"eval.baselines: true{where}"
@@ -246,7 +262,7 @@ def load_study(path: str | Path) -> StudyPlan:
     spec = validate(StudySpec, data, source)
     base_data, base_source = _base(spec, data, path, source)
     try:
-        validate(ExperimentSpec, base_data, base_source)
+        validate_any(base_data, base_source)
     except SpecError as exc:
         if isinstance(spec.base, str):
             raise
@@ -256,7 +272,7 @@ def load_study(path: str | Path) -> StudyPlan:
     set_at = {_as_loc(k): source.lines.get(("overrides", k), 1) for k in settings}
     layered = _Layered(base_source, str(path), set_at, source.lines.get(("overrides",), 1))
     merged = apply_overrides(base_data, [override(k, v) for k, v in settings.items()], layered)
-    validate(ExperimentSpec, merged, layered)
+    validate_any(merged, layered)
     text = path.read_text(encoding="utf-8", errors="replace")
     plan = StudyPlan(path, spec, merged, text, source, base_source)
     problems: list[str] = []

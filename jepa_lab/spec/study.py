@@ -20,7 +20,8 @@ from jepa_lab.spec.base import FieldError, Spec, check_path, shorten
 
 Metric = Literal[
     "diag/pred_loss",
-    "diag/sigreg",
+    "diag/train_loss_heldout",
+    "diag/sigreg_pooled",
     "diag/rankme",
     "diag/std",
     "diag/positional_share",
@@ -28,11 +29,37 @@ Metric = Literal[
     "eval/knn_acc",
     "eval/probe_val_acc",
     "eval/random_probe_acc",
+    "eval/random_probe_val_acc",
     "eval/pixel_probe_acc",
+    "eval/pixel_probe_val_acc",
     "eval/gain_over_random",
+    # world models (kind: world_model): validation numbers only, so a search never reads test
+    "wm/val_nmse_final",
+    "wm/val_success",
+    "wm/val_effort",
 ]
 # Metrics that exist only when the experiment evaluates its baselines (eval.baselines: true).
-BASELINE_METRICS = {"eval/random_probe_acc", "eval/pixel_probe_acc", "eval/gain_over_random"}
+BASELINE_METRICS = {
+    "eval/random_probe_acc",
+    "eval/random_probe_val_acc",
+    "eval/pixel_probe_acc",
+    "eval/pixel_probe_val_acc",
+    "eval/gain_over_random",
+}
+# Metrics scored on the test split, each with the validation metric a search selects on instead
+# (docs/method.md, "Split protocol"). Every other metric reads training images only: the probe's
+# validation split or the diagnostic slice.
+TEST_METRICS = {
+    "eval/probe_acc": "eval/probe_val_acc",
+    "eval/knn_acc": "eval/probe_val_acc",
+    "eval/random_probe_acc": "eval/random_probe_val_acc",
+    "eval/pixel_probe_acc": "eval/pixel_probe_val_acc",
+    "eval/gain_over_random": "eval/probe_val_acc",
+}
+# Metrics of world-model runs; the others are metrics of image runs.
+WORLD_PREFIXES = ("wm/",)
+# Of the shared diag/* metrics, those only image runs have (eval/* are image-only too).
+IMAGE_ONLY = {"diag/pred_loss", "diag/train_loss_heldout", "diag/positional_share"}
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 DottedKey = str
 
@@ -51,11 +78,12 @@ class ObjectiveSpec(Spec):
 
 
 def _default_objectives() -> list[ObjectiveSpec]:
-    # References: smooth-L1 on LayerNorm'd targets stays well below 2; the SIGReg statistic of a
-    # collapsed embedding is at most ~1.1 * 1024 (diagnostics.sigreg_statistic), so 1200 bounds it.
+    # References: the MSE to LayerNorm'd targets is 1 for a prediction of 0, so 2 bounds any
+    # trial of interest; the SIGReg statistic of a collapsed embedding is at most ~1.1 * 1024
+    # (diagnostics.sigreg_statistic), so 1200 bounds it.
     return [
         ObjectiveSpec(metric="diag/pred_loss", direction="minimize", reference=2.0),
-        ObjectiveSpec(metric="diag/sigreg", direction="minimize", reference=1200.0),
+        ObjectiveSpec(metric="diag/sigreg_pooled", direction="minimize", reference=1200.0),
     ]
 
 
@@ -194,8 +222,11 @@ class StudySpec(Spec):
     objectives: list[ObjectiveSpec] = Field(
         default_factory=_default_objectives,
         min_length=1,
-        description="What the study optimises and reports on its Pareto front (default: "
-        "held-out prediction loss and the SIGReg statistic, both minimised).",
+        description="What a search optimises, and what a study reports on its Pareto front "
+        "(default: the fixed prediction error and the pooled SIGReg statistic on the held-out "
+        "training images, both minimised). A search selects on its objectives, so they must not "
+        "read the test split (eval/probe_acc: use eval/probe_val_acc); a grid-only study selects "
+        "nothing, and its objectives, test metrics included, are reported only.",
     )
 
     @model_validator(mode="after")
@@ -203,6 +234,14 @@ class StudySpec(Spec):
         if self.grid is None and self.search is None:
             raise FieldError("a study needs a grid, a search, or both", "grid")
         metrics = [o.metric for o in self.objectives]
+        for index, metric in enumerate(metrics):
+            if self.search is not None and metric in TEST_METRICS:
+                raise FieldError(
+                    f"{metric} is scored on the test split, and a search selects on its "
+                    f"objectives: use {TEST_METRICS[metric]} (validation) instead; test metrics "
+                    "are reported by grid-only studies",
+                    ("objectives", index, "metric"),
+                )
         if len(set(metrics)) != len(metrics):
             index = next(i for i, m in enumerate(metrics) if m in metrics[:i])
             raise FieldError("each metric may appear once", ("objectives", index, "metric"))

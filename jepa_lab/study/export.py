@@ -1,18 +1,19 @@
-"""Study results as tables: seed aggregation, Welch tests, the Pareto front, hypervolume.
+"""Study results as tables: seed aggregation, paired comparisons, the Pareto front, hypervolume.
 
 Pure functions of plain data (one dict per trial, as :func:`jepa_lab.study.results.trial_rows`
 builds them) so they are tested without Optuna or MLflow. The front is taken over *configurations*:
 trials are grouped by ``config_id`` (the spec digest without its seed), which both deduplicates
 identical parameter vectors (NSGA-II may propose one twice) and aggregates the seeds of a grid cell
-(mean, std, n). With one trial per configuration this is exactly Optuna's ``best_trials`` without
-duplicates. The hypervolume is always printed beside the reference point it was taken against, which
-the study file fixes. The plot of the front is drawn by :mod:`jepa_lab.study.plot`.
+(mean, std, n, 95 % interval); each configuration's runs are paired by seed with its baselines
+and its other-strategy partner (:mod:`jepa_lab.study.stats`). With one trial per configuration
+the front is exactly Optuna's ``best_trials`` without duplicates. The hypervolume is always
+printed beside the reference point it was taken against, which the study file fixes. The plot
+of the front: :mod:`jepa_lab.study.plot`, its uncertainty by :mod:`~jepa_lab.study.pareto`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,40 +22,40 @@ import numpy as np
 import pandas as pd
 
 from jepa_lab.spec.study import ObjectiveSpec
+from jepa_lab.study import stats
 
 Format = Literal["csv", "md", "latex", "parquet", "json"]
 FORMATS: tuple[Format, ...] = ("csv", "md", "latex", "parquet", "json")
 # Reported for every configuration (when the trials have them), after the objectives.
 REPORTED = (
     "eval/probe_acc",
+    "eval/probe_val_acc",
     "eval/knn_acc",
     "eval/random_probe_acc",
+    "eval/random_probe_val_acc",
     "eval/pixel_probe_acc",
+    "eval/pixel_probe_val_acc",
     "diag/rankme",
     "diag/std",
     "diag/positional_share",
     "diag/pred_loss",
-    "diag/sigreg",
+    "diag/sigreg_pooled",
 )
-WELCH_METRIC = "eval/probe_acc"  # the headline claim the p-values test
+CLAIM = "eval/probe_acc"  # the headline claim the paired comparisons test
+# Comparisons with a configuration's own baselines: name -> (its metric, its predictions).
+BASELINES = {
+    "random": ("eval/random_probe_acc", "pred/random_probe"),
+    "pixels": ("eval/pixel_probe_acc", "pred/pixel_probe"),
+}
+# Validation accuracies -> the metric holding their number of validation images (Wilson CI).
+VALIDATION = {
+    "eval/probe_val_acc": "eval/probe_val_n",
+    "eval/random_probe_val_acc": "eval/random_probe_val_n",
+    "eval/pixel_probe_val_acc": "eval/pixel_probe_val_n",
+}
 
 
-# ------------------------------------------------------------------------------ statistics
-
-
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p-value of Welch's t-test (unequal variances); NaN with fewer than 2 per side."""
-    from scipy.stats import ttest_ind
-
-    x, y = np.asarray(a, float), np.asarray(b, float)
-    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-    if len(x) < 2 or len(y) < 2:
-        return math.nan
-    if np.ptp(x) == 0 and np.ptp(y) == 0:  # no spread at all: the test is undefined
-        return 0.0 if x[0] != y[0] else 1.0
-    with warnings.catch_warnings():  # near-identical samples: scipy warns, the p-value stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(ttest_ind(x, y, equal_var=False).pvalue)
+# ------------------------------------------------------------------------------ front
 
 
 def _as_minimised(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -128,12 +129,15 @@ def trials_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 def aggregate(
     trials: pd.DataFrame, objectives: Sequence[ObjectiveSpec], params: Sequence[str]
 ) -> pd.DataFrame:
-    """Per configuration: mean, std and n of every metric over its seeds, Welch p-values.
+    """Per configuration: every metric's mean, std, n and 95 % interval over its seeds, and the
+    paired comparisons of its probe accuracy.
 
     Only COMPLETE trials count; a configuration that ran a seed twice keeps its first trial.
-    ``p_vs_random``: the probe accuracy against the same configuration's random-init probe.
-    ``p_vs_<kind>``: the probe accuracy against the configuration that differs only in its
-    strategy (every ``strategy.*`` setting may differ), for each other strategy present.
+    ``<metric> lo`` / ``hi``: the t-interval over seeds; a validation accuracy of a single run
+    gets the Wilson interval over its validation images instead. Comparisons (see
+    :func:`comparisons`): ``random`` (the same runs' strongest random init), ``pixels`` (raw
+    pixels) and, per other strategy ``<kind>``, the configuration that differs only in its
+    strategy (every ``strategy.*`` setting may differ), paired by seed.
     """
     metrics = [*dict.fromkeys([o.metric for o in objectives] + list(REPORTED))]
     done = trials[trials["state"] == "COMPLETE"] if len(trials) else trials
@@ -141,8 +145,7 @@ def aggregate(
         return pd.DataFrame(columns=["config_id", "strategy", "n", *params, *metrics])
     done = done.sort_values("trial").drop_duplicates(["config_id", "seed"], keep="first")
     metrics = [m for m in metrics if m in done.columns]
-    shared = [p for p in params if not p.startswith("strategy.")]
-    groups, samples = [], {}
+    groups = []
     for config, group in done.groupby("config_id", sort=False):
         first = group.iloc[0]
         row: dict[str, Any] = {
@@ -153,39 +156,122 @@ def aggregate(
             "mlflow_run_ids": ",".join(str(r) for r in group.get("mlflow_run_id", [])),
             "strategy": first["strategy"],
             "n": len(group),
+            "retry_of": ",".join(_numbers(group.get("retry_of"))),
             **{p: _plain(first.get(p)) for p in params},
             "state": "COMPLETE",
         }
         for metric in metrics:
             values = group[metric].astype(float)
+            interval = stats.mean_ci(values)
+            if len(values) == 1 and VALIDATION.get(metric) in group:
+                interval = stats.wilson_ci(
+                    float(values.iloc[0]), int(group[VALIDATION[metric]].iloc[0])
+                )
             row[metric] = float(values.mean())
             row[f"{metric} std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        samples[config] = group
+            row[f"{metric} lo"], row[f"{metric} hi"] = interval.low, interval.high
         groups.append(row)
     table = pd.DataFrame(groups)
-    if WELCH_METRIC in done.columns:
-        random = "eval/random_probe_acc"
-        table["p_vs_random"] = [
-            welch_p(samples[c][WELCH_METRIC], samples[c][random]) if random in done else math.nan
-            for c in table["config_id"]
-        ]
-        kinds = sorted(table["strategy"].unique())
+    return comparisons(table, done, params) if CLAIM in done.columns else table
+
+
+def comparisons(table: pd.DataFrame, done: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
+    """``table`` with the paired comparisons of each configuration's probe accuracy.
+
+    Per comparison ``<c>``: ``d_vs_<c>`` (mean per-seed difference, this configuration minus the
+    other), ``d_vs_<c> lo/hi`` (t-interval over seeds), ``d_vs_<c> img lo/hi`` (bootstrap over
+    test images, pooled over seeds), ``p_vs_<c>`` (Holm-adjusted over every test in the table;
+    NaN where n allows no test), ``p_vs_<c> raw`` and ``test_vs_<c>`` (the test, or why none:
+    ``"n = 2: no test"``). A strategy pair enters the Holm family once, whichever row shows it.
+    """
+    by_config = {c: g.set_index("seed") for c, g in done.groupby("config_id", sort=False)}
+    shared = [p for p in params if not p.startswith("strategy.")]
+    kinds = sorted(table["strategy"].unique())
+    found: dict[tuple[int, str], stats.Comparison] = {}
+    family: dict[Any, float] = {}  # one p-value per distinct comparison
+    keys: dict[tuple[int, str], Any] = {}
+    for i, row in table.iterrows():
+        runs = by_config[row["config_id"]]
+        for name, (metric, pred) in BASELINES.items():
+            if metric in runs:
+                found[(i, name)] = _paired(runs, runs, CLAIM, metric, "pred/probe", pred)
+                keys[(i, name)] = (row["config_id"], name)
         for kind in kinds if len(kinds) > 1 else []:
-            column = []
-            for _, row in table.iterrows():
-                match = table["strategy"].to_numpy() == kind
-                for p in shared:
-                    match &= _same(table[p], row[p])
-                partner = table[match]
-                if row["strategy"] == kind or len(partner) != 1:
-                    column.append(math.nan)
-                else:
-                    other = samples[partner["config_id"].iloc[0]]
-                    column.append(
-                        welch_p(samples[row["config_id"]][WELCH_METRIC], other[WELCH_METRIC])
-                    )
-            table[f"p_vs_{kind}"] = column
+            match = table["strategy"].to_numpy() == kind
+            for p in shared:
+                match &= _same(table[p], row[p])
+            partner = table[match]
+            if row["strategy"] == kind or len(partner) != 1:
+                continue
+            other = by_config[partner["config_id"].iloc[0]]
+            seeds = runs.index.intersection(other.index)
+            found[(i, kind)] = _paired(
+                runs.loc[seeds], other.loc[seeds], CLAIM, CLAIM, "pred/probe", "pred/probe"
+            )
+            keys[(i, kind)] = frozenset((row["config_id"], partner["config_id"].iloc[0]))
+    for key, result in found.items():
+        family[keys[key]] = result.p
+    adjusted = dict(zip(family, stats.holm(list(family.values())), strict=True))
+    names = [*BASELINES, *(kinds if len(kinds) > 1 else [])]
+    for name in names:
+        cells = [found.get((i, name)) for i in table.index]
+        if all(c is None for c in cells):
+            continue
+        nan = math.nan
+        table[f"d_vs_{name}"] = [c.diff if c else nan for c in cells]
+        table[f"d_vs_{name} lo"] = [c.low if c else nan for c in cells]
+        table[f"d_vs_{name} hi"] = [c.high if c else nan for c in cells]
+        table[f"d_vs_{name} img lo"] = [c.image_low if c else nan for c in cells]
+        table[f"d_vs_{name} img hi"] = [c.image_high if c else nan for c in cells]
+        table[f"p_vs_{name}"] = [
+            adjusted[keys[(i, name)]] if (i, name) in found else nan for i in table.index
+        ]
+        table[f"p_vs_{name} raw"] = [c.p if c else nan for c in cells]
+        table[f"test_vs_{name}"] = [c.test if c else "" for c in cells]
     return table
+
+
+def _numbers(column: pd.Series | None) -> list[str]:
+    """A column of trial numbers (None/NaN where absent) as texts, the absent ones left out."""
+    if column is None:
+        return []
+    return [str(int(v)) for v in column if v is not None and not _isnan(v)]
+
+
+def _paired(
+    runs: pd.DataFrame,
+    other: pd.DataFrame,
+    metric: str,
+    other_metric: str,
+    pred: str,
+    other_pred: str,
+) -> stats.Comparison:
+    """The comparison of ``runs[metric]`` with ``other[other_metric]``, rows paired by seed,
+    with their per-image predictions where every run kept them."""
+    correct = _correct(runs, pred), _correct(other, other_pred)
+    a, b = runs[metric].astype(float).to_numpy(), other[other_metric].astype(float).to_numpy()
+    if correct[0] is None or correct[1] is None:
+        return stats.compare(a, b)
+    return stats.compare(a, b, correct[0], correct[1])
+
+
+def _correct(runs: pd.DataFrame, key: str) -> np.ndarray | None:
+    """(S, M) booleans: run s's probe right on test image m; None if a run kept no predictions."""
+    from jepa_lab.eval.probe import decode_classes
+
+    if "predictions" not in runs:
+        return None
+    rows = []
+    for kept in runs["predictions"]:
+        if not isinstance(kept, dict) or key not in kept or "pred/labels" not in kept:
+            return None
+        predicted, labels = decode_classes(kept[key]), decode_classes(kept["pred/labels"])
+        if predicted.shape != labels.shape:
+            return None
+        rows.append((predicted == labels).numpy())
+    if len({len(r) for r in rows}) != 1:
+        return None
+    return np.stack(rows)
 
 
 def _plain(value: Any) -> Any:
@@ -230,11 +316,18 @@ def short(direction: str) -> str:
 
 
 def export_table(
-    table: pd.DataFrame, objectives: Sequence[ObjectiveSpec], params: Sequence[str]
+    table: pd.DataFrame,
+    objectives: Sequence[ObjectiveSpec],
+    params: Sequence[str],
+    trials: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The exported columns: trial, config id, MLflow run id, objectives (direction in the
-    header; std and n where seeds exist), parameters, probe accuracy and baselines, Welch
-    p-values, state."""
+    header; std, 95 % CI (lo, hi) and n where seeds exist), the front probability, parameters,
+    probe accuracies on test and validation with their CIs, and the paired comparisons (mean
+    difference, CI over seeds, CI over test images, Holm p-value or why there is none), state.
+    With ``trials`` (``trials_frame``; ``export --all``): a row per failed trial too, and the
+    columns ``fail_reason``, ``retry_of`` (the failed trials a row's trials retry) and
+    ``retried_by`` (the trial that retried a failed one)."""
     seeded = not table.empty and int(table["n"].max()) > 1
     out = pd.DataFrame(index=table.index)
     out["trial"] = table.get("trial")
@@ -248,27 +341,73 @@ def export_table(
         out[header] = table.get(objective.metric)
         if seeded:
             out[f"{header} std"] = table.get(f"{objective.metric} std")
+            out[f"{header} lo"] = table.get(f"{objective.metric} lo")
+            out[f"{header} hi"] = table.get(f"{objective.metric} hi")
     if seeded:
         out["n"] = table.get("n")
+    if "front_prob" in table:
+        out["front_prob"] = table["front_prob"]
     for param in params:
         if param != "strategy.kind":  # that is the strategy column
             out[param] = table.get(param)
     taken = {o.metric for o in objectives}
     for metric in (
         "eval/probe_acc",
+        "eval/probe_val_acc",
         "eval/knn_acc",
         "eval/random_probe_acc",
+        "eval/random_probe_val_acc",
         "eval/pixel_probe_acc",
+        "eval/pixel_probe_val_acc",
     ):
         if metric in table and metric not in taken:
             out[metric] = table[metric]
             if seeded:
                 out[f"{metric} std"] = table[f"{metric} std"]
+            if seeded or metric.endswith("val_acc"):
+                out[f"{metric} lo"] = table[f"{metric} lo"]
+                out[f"{metric} hi"] = table[f"{metric} hi"]
     for column in table.columns:
-        if column.startswith("p_vs_"):
+        if column.startswith(("d_vs_", "p_vs_", "test_vs_")):
             out[column] = table[column]
     out["state"] = table.get("state")
+    if trials is not None:
+        out = _with_failures(out, table, trials, params, seeded)
     return out.reset_index(drop=True)
+
+
+def _with_failures(
+    out: pd.DataFrame,
+    table: pd.DataFrame,
+    trials: pd.DataFrame,
+    params: Sequence[str],
+    seeded: bool,
+) -> pd.DataFrame:
+    out["fail_reason"] = ""
+    out["retry_of"] = table.get("retry_of", pd.Series("", index=table.index, dtype=object))
+    out["retried_by"] = ""
+    failed = trials[trials["state"] == "FAIL"] if len(trials) else trials
+    rows = []
+    for _, trial in failed.sort_values("trial").iterrows() if len(failed) else []:
+        row: dict[str, Any] = {
+            "trial": int(trial["trial"]),
+            "config_id": trial.get("config_id"),
+            "strategy": trial.get("strategy"),
+            **{p: _plain(trial.get(p)) for p in params if p != "strategy.kind"},
+            "state": "FAIL",
+            "fail_reason": trial.get("fail_reason") or "",
+            "retry_of": ",".join(_numbers(pd.Series([trial.get("retry_of")]))),
+            "retried_by": ",".join(_numbers(pd.Series([trial.get("retried_by")]))),
+        }
+        if seeded:
+            row["trials"] = str(int(trial["trial"]))
+        rows.append(row)
+    if not rows:
+        return out
+    extra = pd.DataFrame(rows)
+    return pd.concat(
+        [out, extra[[c for c in out.columns if c in extra.columns]]], ignore_index=True
+    )
 
 
 def render(
@@ -329,8 +468,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def _note(meta: Mapping[str, Any]) -> str:
+    low, high = meta.get("hypervolume_ci") or (math.nan, math.nan)
+    interval = f" (95 % CI {low:.6g} to {high:.6g}, seeds resampled)" if math.isfinite(low) else ""
     return (
-        f"Study {meta.get('study')}: hypervolume {meta.get('hypervolume', math.nan):.6g} "
-        f"against reference point {meta.get('reference_point')} "
-        f"({', '.join(meta.get('objectives', []))})."
+        f"Study {meta.get('study')}: hypervolume {meta.get('hypervolume', math.nan):.6g}"
+        f"{interval} against reference point {meta.get('reference_point')} "
+        f"({', '.join(meta.get('objectives', []))}). Differences d_vs_*: this configuration "
+        "minus the other, paired by seed (CI lo/hi over seeds; img lo/hi over test images); "
+        "p_vs_*: Holm-adjusted over the table; test_vs_*: the test, or why n allows none."
     )

@@ -5,34 +5,56 @@ run."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from optuna.trial import TrialState
 
 from jepa_lab.spec.plan import StudyPlan
 from jepa_lab.study.session import Session
-from jepa_lab.study.tracking import ERROR, RETRY_OF, RUN_ID, A, mlflow_client
+from jepa_lab.study.tracking import (
+    ERROR,
+    FAIL_REASON,
+    RETRIED_BY,
+    RETRY_OF,
+    RUN_ID,
+    A,
+    mlflow_client,
+)
 
 
 def trial_rows(session: Session) -> list[dict[str, Any]]:
     """One plain dict per trial for :mod:`jepa_lab.study.export` (no Optuna objects leave here)."""
-    retried = {t.user_attrs.get(RETRY_OF) for t in session.trials()}
+    retried_by = {
+        t.user_attrs[RETRY_OF]: t.number for t in session.trials() if RETRY_OF in t.user_attrs
+    }
     rows = []
     for trial in session.trials():
         attrs = trial.user_attrs
+        failed = trial.state == TrialState.FAIL
         rows.append(
             {
                 "trial": trial.number,
                 "state": trial.state.name,
-                "retried": trial.number in retried,
+                "retried": trial.number in retried_by,
                 "config_id": attrs.get(A + "config_id"),
                 "spec_digest": attrs.get(A + "spec_digest"),
                 "seed": attrs.get(A + "seed"),
                 "strategy": attrs.get(A + "strategy"),
                 "mlflow_run_id": attrs.get(RUN_ID),
                 "error": attrs.get(ERROR, ""),
+                # a trial Optuna's heartbeat failed has no reason of ours: say what happened
+                "fail_reason": (
+                    trial.system_attrs.get(FAIL_REASON)
+                    or attrs.get(ERROR)
+                    or ("no heartbeat (failed by Optuna)" if trial.number in retried_by else "")
+                )
+                if failed
+                else "",
+                "retry_of": attrs.get(RETRY_OF),
+                "retried_by": attrs.get(RETRIED_BY, retried_by.get(trial.number)),
                 "settings": attrs.get(A + "settings", {}),
                 "metrics": attrs.get(A + "metrics", {}),
+                "predictions": attrs.get(A + "predictions", {}),
                 "values": trial.values,
             }
         )
@@ -48,31 +70,68 @@ def counts(session: Session) -> dict[str, int]:
     return found
 
 
+def failures(session: Session) -> list[dict[str, Any]]:
+    """The failed trials: number, reason, the trial that retried it (or None), its settings."""
+    return [
+        {k: row[k] for k in ("trial", "fail_reason", "retried_by", "settings")}
+        for row in trial_rows(session)
+        if row["state"] == "FAIL"
+    ]
+
+
 def setting_keys(plan: StudyPlan) -> list[str]:
     """The dotted keys a study varies (without ``seed``), in declaration order."""
     keys = list(plan.spec.grid or {}) + list(plan.spec.search.params if plan.spec.search else {})
     return [k for k in dict.fromkeys(keys) if k != "seed"]
 
 
-def tables(session: Session) -> tuple[Any, Any, Any, float]:
-    """(trials, per-configuration summary, Pareto front, hypervolume) as DataFrames and a float."""
-    from jepa_lab.study import export
+class Tables(NamedTuple):
+    """A study's results: trials, per-configuration summary (with ``front_prob``), the Pareto
+    front of the means, its hypervolume, the hypervolume's bootstrap interval over seeds and its
+    history over trials."""
+
+    trials: Any
+    summary: Any
+    front: Any
+    hypervolume: float
+    hypervolume_ci: tuple[float, float]
+    history: list[tuple[int, float]]
+
+
+def tables(session: Session) -> Tables:
+    """The study's :class:`Tables` (DataFrames through :mod:`jepa_lab.study.export`)."""
+    from jepa_lab.study import export, pareto
 
     objectives = session.plan.spec.objectives
     trials = export.trials_frame(trial_rows(session))
+    uncertainty = pareto.bootstrap(trials, objectives)
     summary = export.aggregate(trials, objectives, setting_keys(session.plan))
+    summary = pareto.with_probabilities(summary, uncertainty)
     front = export.front(summary, objectives)
-    return trials, summary, front, export.front_hypervolume(front, objectives)
+    return Tables(
+        trials,
+        summary,
+        front,
+        export.front_hypervolume(front, objectives),
+        (uncertainty.hypervolume_low, uncertainty.hypervolume_high),
+        pareto.hypervolume_history(trials, objectives),
+    )
 
 
-def export_meta(session: Session, hypervolume: float) -> dict[str, Any]:
-    """What every exported table is read with: the study, objectives, reference point, volume."""
+def export_meta(session: Session, found: Tables) -> dict[str, Any]:
+    """What every exported table is read with: the study, objectives, reference point, the
+    hypervolume with its bootstrap interval over seeds, and its history over trials."""
+    from jepa_lab.study import pareto
+
     objectives = session.plan.spec.objectives
     return {
         "study": session.plan.name,
         "objectives": [f"{o.metric} ({o.direction})" for o in objectives],
         "reference_point": [o.reference for o in objectives],
-        "hypervolume": hypervolume,
+        "hypervolume": found.hypervolume,
+        "hypervolume_ci": list(found.hypervolume_ci),
+        "hypervolume_resamples": pareto.RESAMPLES,
+        "hypervolume_history": [[t, v] for t, v in found.history],
     }
 
 
@@ -84,9 +143,10 @@ def finalize(session: Session) -> None:
     from jepa_lab.study import export
     from jepa_lab.study import plot as pareto_plot
 
-    _, summary, front, volume = tables(session)
+    found = tables(session)
+    summary, front, volume = found.summary, found.front, found.hypervolume
     objectives, params = session.plan.spec.objectives, setting_keys(session.plan)
-    meta = export_meta(session, volume)
+    meta = export_meta(session, found)
     done = sum(1 for t in session.trials() if t.state == TrialState.COMPLETE)
     with tempfile.TemporaryDirectory() as tmp, mlflow_client(session.uri) as client:
         folder = Path(tmp)
@@ -102,6 +162,8 @@ def finalize(session: Session) -> None:
         (folder / session.plan.path.name).write_text(session.plan.text)
         for path in sorted(folder.iterdir()):
             client.log_artifact(session.parent_run_id, str(path), "study")
+        for k, (_, value) in enumerate(found.history, start=1):  # in trial order
+            client.log_metric(session.parent_run_id, "study/hypervolume_history", value, step=k)
         client.log_metric(session.parent_run_id, "study/hypervolume", volume, step=done)
         client.log_metric(session.parent_run_id, "study/complete_trials", done, step=done)
         client.set_tag(

@@ -41,6 +41,7 @@ from jepa_lab.study.session import Session
 from jepa_lab.study.storage import (
     HEARTBEAT_S,
     Storage,
+    StorageUnreachable,
     StudyError,
     open_storage,
     worker_alive,
@@ -48,8 +49,9 @@ from jepa_lab.study.storage import (
 )
 from jepa_lab.study.tracking import (
     DIGEST,
-    ERROR,
+    FAILED_TRIAL,
     PARENT,
+    RETRY_HISTORY,
     RETRY_OF,
     WORKER,
     create_parent,
@@ -57,7 +59,7 @@ from jepa_lab.study.tracking import (
     log_aggregates,
     metric_name,
 )
-from jepa_lab.study.trial import Outcome, WorkerOptions, cell_params, run_trial
+from jepa_lab.study.trial import Outcome, WorkerOptions, cell_params, record_failure, run_trial
 from jepa_lab.track.store import TrackingError, prepare_store
 
 if TYPE_CHECKING:
@@ -93,7 +95,7 @@ def open_session(
     session = Session(plan, storage, uri, read_only=not create)
 
     def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-        _retry(session, trial, "no heartbeat", failed=True)
+        _retry(session, trial, "no heartbeat: its worker stopped beating", failed=True)
 
     session.optuna_storage = open_storage(storage, on_stale, read_only=not create)
     directions = [o.direction for o in plan.spec.objectives]
@@ -176,7 +178,7 @@ def reap(session: Session) -> list[int]:
     for trial in session.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get(WORKER)
         dead = owner is not None and worker_alive(owner) is False
-        if dead and _retry(session, trial, "its worker process died"):
+        if dead and _retry(session, trial, f"worker died: its worker process ({owner}) is gone"):
             reaped.append(trial.number)
     if session.storage.heartbeat:
         with warnings.catch_warnings():
@@ -187,20 +189,34 @@ def reap(session: Session) -> list[int]:
 
 def _retry(session: Session, trial: FrozenTrial, reason: str, *, failed: bool = False) -> bool:
     """Re-enqueue the parameters of the RUNNING ``trial``, fail it (``failed``: Optuna's
-    heartbeat already did) and end its MLflow run KILLED. False if it had finished meanwhile.
+    heartbeat already did) with ``reason`` and the retry's number, and end its MLflow run KILLED.
+    False if it had finished meanwhile.
 
     In this order, and the copy enqueued only once, so a kill at any point leaves either the
     trial RUNNING under a dead worker (reaped again later) or the work done: never a failed
-    trial without its copy (lost) nor two copies (run twice).
+    trial without its copy (lost) nor two copies (run twice). The copy carries Optuna's own
+    retry keys (``failed_trial``, ``retry_history``, as its ``RetryFailedTrialCallback`` sets
+    them) beside ``jepa_lab.retry_of``. A trial Optuna's heartbeat failed is finished already:
+    its reason stays on its MLflow run and its link on the copy.
     """
-    if not any(t.user_attrs.get(RETRY_OF) == trial.number for t in session.trials()):
+    retry = _retry_number(session, trial.number)
+    if retry is None:
         # a trial killed before it suggested everything still has its grid cell here
         params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-        session.study.enqueue_trial(params, user_attrs={RETRY_OF: trial.number})
+        history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
+        system_attrs = {"fixed_params": params, FAILED_TRIAL: history[0], RETRY_HISTORY: history}
+        session.study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                system_attrs=system_attrs,
+                user_attrs={RETRY_OF: trial.number},
+            )
+        )
+        retry = _retry_number(session, trial.number)
     if not failed:
         trial_id = session.trial_id(trial.number)
         try:
-            session.optuna_storage.set_trial_user_attr(trial_id, ERROR, f"retried: {reason}")
+            record_failure(session, trial.number, f"{reason}; retried as trial {retry}", retry)
             if not session.optuna_storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 return False
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -210,6 +226,12 @@ def _retry(session: Session, trial: FrozenTrial, reason: str, *, failed: bool = 
     except TrackingError as exc:  # the trial is retried all the same; its old run stays open
         print(f"warning: trial {trial.number}: {exc}", flush=True)
     return True
+
+
+def _retry_number(session: Session, number: int) -> int | None:
+    """The trial that retries trial ``number``, if one was enqueued."""
+    found = [t.number for t in session.trials() if t.user_attrs.get(RETRY_OF) == number]
+    return found[0] if found else None
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -253,7 +275,10 @@ def _heartbeat(session: Session, number: int) -> Iterator[None]:
 
     def beat() -> None:
         while True:
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)  # retries a lost connection
+            except StorageUnreachable:  # the main thread meets the outage at its next call
+                return
             if stop.wait(HEARTBEAT_S):
                 return
 
@@ -276,7 +301,9 @@ def work(
 
     Waits while trials that might still be retried run elsewhere. ``fail_fast``: stops after
     the first failure in the study since this worker started. Ctrl-C / SIGTERM / an infra error
-    mid-trial: the trial is failed and re-enqueued, then the exception propagates.
+    mid-trial: the trial is failed and re-enqueued, then the exception propagates. A database
+    that stayed unreachable (:class:`StorageUnreachable`) propagates at once: the trial stays
+    RUNNING under this dead worker and is retried by the next claim or by the heartbeat.
     """
     failed_before = {t.number for t in session.trials() if t.state == TrialState.FAIL}
     outcomes: list[Outcome] = []
@@ -293,11 +320,16 @@ def work(
         try:
             with _heartbeat(session, trial.number):
                 outcome = run_trial(session, trial, options, progress)
+        except StorageUnreachable:
+            raise
         except BaseException as exc:
+            reason = f"interrupted: {type(exc).__name__}"
+            if isinstance(exc, StudyError | TrackingError):
+                reason = f"interrupted: {' '.join(str(exc).split())[:300]}"
             with session.lock():
                 frozen = next(t for t in session.trials() if t.number == trial.number)
                 if frozen.state == TrialState.RUNNING:
-                    _retry(session, frozen, f"interrupted: {type(exc).__name__}")
+                    _retry(session, frozen, reason)
             raise
         outcomes.append(outcome)
         try:

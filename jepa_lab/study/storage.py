@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import socket
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import optuna
@@ -32,10 +35,18 @@ from jepa_lab.track.redact import redact, redact_text
 STORAGE_ENV = "JEPA_LAB_STORAGE"
 HEARTBEAT_S = 10  # PostgreSQL: seconds between a running trial's heartbeats
 GRACE_S = 60  # ... and without one before the trial counts as dead (fail + retry)
+DB_RETRY_ENV = "JEPA_LAB_DB_RETRY_S"
+DB_RETRY_S = 300.0  # a lost database connection is retried this long before the worker gives up
+
+T = TypeVar("T")
 
 
 class StudyError(Exception):
     """The study cannot run (storage, definition mismatch); the one-line message names the fix."""
+
+
+class StorageUnreachable(StudyError):
+    """The database stayed unreachable for longer than $JEPA_LAB_DB_RETRY_S."""
 
 
 # ------------------------------------------------------------------------------ storage
@@ -149,14 +160,30 @@ def _pg_lock(url: str, name: str) -> Iterator[None]:
 
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    try:
-        with engine.connect() as connection:
+
+    def lock() -> sqlalchemy.Connection:
+        connection = engine.connect()
+        try:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    try:
+        connection = retrying(lock, redact(url))
+        try:
+            yield
+        finally:
             try:
-                yield
-            finally:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 connection.commit()
+            except sqlalchemy.exc.DBAPIError as exc:
+                if not _connection_lost(exc):
+                    raise
+                # the lock died with its connection (a database restart): nothing to free
+            finally:
+                connection.close()
     finally:
         engine.dispose()
 
@@ -209,8 +236,10 @@ def open_storage(
             return RDBStorage(storage.url, engine_kwargs={"connect_args": {"timeout": 60}})
         with _pg_lock(storage.url, "jepa_lab.schema"), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(  # one process at a time creates the tables
+            return _RetryingRDBStorage(  # one process at a time creates the tables
                 storage.url,
+                # a pooled connection that died with a database restart is replaced, not used
+                engine_kwargs={"pool_pre_ping": True},
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=on_stale,
@@ -222,6 +251,98 @@ def open_storage(
             text = redact_text(" ".join(str(exc).split()))[:300]
             raise StudyError(f"storage {storage.shown} is unusable: {text}") from exc
         raise
+
+
+# ------------------------------------------------------------------- database outages
+
+
+def db_retry_s() -> float:
+    """Seconds a lost database connection is retried: $JEPA_LAB_DB_RETRY_S, else 300."""
+    text = os.environ.get(DB_RETRY_ENV, "").strip()
+    try:
+        return float(text) if text else DB_RETRY_S
+    except ValueError:
+        raise StudyError(f"{DB_RETRY_ENV}={text!r} is not a number of seconds") from None
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps: Optuna wraps SQLAlchemy's) is a lost or refused
+    database connection, which a retry may cure; never a failure that retrying already gave up."""
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, StorageUnreachable):
+        if isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retrying(call: Callable[[], T], shown: str) -> T:
+    """``call()``, retried with backoff (0.5 s doubling to 5 s) while the database connection is
+    lost, for up to $JEPA_LAB_DB_RETRY_S; then :class:`StorageUnreachable`, one line."""
+    limit, began, pause, tries = db_retry_s(), time.monotonic(), 0.5, 0
+    while True:
+        try:
+            result = call()
+        except Exception as exc:
+            if not _connection_lost(exc):
+                raise
+            waited = time.monotonic() - began
+            if waited >= limit:
+                cause = redact_text(" ".join(str(exc.__cause__ or exc).split()))[:200]
+                raise StorageUnreachable(
+                    f"storage {shown} unreachable for {waited:.0f} s ({cause}): this worker "
+                    f"stops; its trial is retried once the database is back (set {DB_RETRY_ENV} "
+                    "to wait longer)"
+                ) from exc
+            if tries == 0:
+                print(
+                    f"warning: storage {shown}: connection lost; retrying for up to {limit:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            tries += 1
+            time.sleep(min(pause, max(0.0, limit - waited)))
+            pause = min(pause * 2, 5.0)
+            continue
+        if tries:
+            print(
+                f"storage {shown}: reconnected after {time.monotonic() - began:.1f} s "
+                f"({tries} retries)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return result
+
+
+class _RetryingRDBStorage(RDBStorage):
+    """Optuna's RDBStorage whose every call retries a lost connection (see :func:`retrying`):
+    claims, tells, attributes and heartbeats survive a database restart."""
+
+
+def _retried(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return retrying(lambda: method(self, *args, **kwargs), redact(self.url))
+
+    return wrapper
+
+
+for _name in (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
+    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
+    "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+    # what Optuna's cache in front of the storage calls directly
+    "_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param",
+):  # fmt: skip
+    setattr(_RetryingRDBStorage, _name, _retried(getattr(RDBStorage, _name)))
 
 
 # ------------------------------------------------------------------------------ workers

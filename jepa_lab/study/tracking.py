@@ -18,6 +18,11 @@ A = "jepa_lab."  # prefix of every user attribute and tag jepa-lab sets
 PARENT, DIGEST, FINALIZED = A + "parent_run_id", A + "study_digest", A + "finalized"
 NOTE = "mlflow.note.content"  # MLflow's description of an experiment or a run
 WORKER, RUN_ID, ERROR, RETRY_OF = A + "worker", A + "mlflow_run_id", A + "error", A + "retry_of"
+RETRIED_BY = A + "retried_by"  # on a failed trial: the number of the trial that retries it
+# Optuna's own keys, which its tooling reads: the system attribute Optuna 2 set to a failed
+# trial's exception text, and those of its RetryFailedTrialCallback on a retry (the first failed
+# trial of the chain, and every failed trial of it)
+FAIL_REASON, FAILED_TRIAL, RETRY_HISTORY = "fail_reason", "failed_trial", "retry_history"
 
 
 # Human names of the metrics a study optimises, for optuna-dashboard's axes and tables
@@ -131,12 +136,13 @@ def set_parent_status(session: Session, status: str) -> None:
 
 
 def end_orphan_runs(session: Session, number: int, reason: str) -> None:
-    """End the RUNNING MLflow runs of trial ``number`` (its worker died) as KILLED."""
-    query = (
-        f"tags.mlflow.parentRunId = '{session.parent_run_id}' and "
-        f"tags.`{A}trial` = '{number}' and attributes.status = 'RUNNING'"
-    )
+    """End the MLflow runs of the retried trial ``number`` (its worker died) as KILLED: a
+    RUNNING one, and a FINISHED one whose result never reached the storage (the database was
+    unreachable past its limit), so a failed trial never shows a finished run."""
+    query = f"tags.mlflow.parentRunId = '{session.parent_run_id}' and tags.`{A}trial` = '{number}'"
     with mlflow_client(session.uri) as client:
         for run in client.search_runs([session.experiment_id], query):
+            if run.info.status == "KILLED":
+                continue
             client.set_tag(run.info.run_id, A + "error", f"killed: {reason}")
             client.set_terminated(run.info.run_id, "KILLED")

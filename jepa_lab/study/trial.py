@@ -3,6 +3,7 @@ evaluation inside its MLflow child run, and its objective values told to Optuna.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -18,7 +19,7 @@ from jepa_lab.spec.load import SpecError
 from jepa_lab.spec.plan import StudyPlan
 from jepa_lab.study.session import Session
 from jepa_lab.study.storage import StudyError
-from jepa_lab.study.tracking import ERROR, RUN_ID, A
+from jepa_lab.study.tracking import ERROR, FAIL_REASON, RETRIED_BY, RUN_ID, A
 from jepa_lab.track.names import trial_run_name
 from jepa_lab.track.store import TrackingError
 from jepa_lab.track.writer import Tracking
@@ -113,7 +114,7 @@ def suggest(
 
 def objective_values(plan: StudyPlan, metrics: Mapping[str, float]) -> list[float]:
     """The trial's objective values; a missing or non-finite one fails the trial."""
-    from jepa_lab.training.loop import TrainingError
+    from jepa_lab.training.loop import NonFiniteError, TrainingError
 
     values = []
     for objective in plan.spec.objectives:
@@ -121,9 +122,39 @@ def objective_values(plan: StudyPlan, metrics: Mapping[str, float]) -> list[floa
             raise TrainingError(f"the result has no {objective.metric}: no objective value")
         value = float(metrics[objective.metric])
         if not math.isfinite(value):
-            raise TrainingError(f"objective {objective.metric} is {value}: no finite result")
+            raise NonFiniteError(f"objective {objective.metric} is {value}: no finite result")
         values.append(value)
     return values
+
+
+def failure_reason(exc: Exception) -> str:
+    """Why a trial failed, in one line that starts with its kind: ``non-finite``, ``invalid
+    combination``, ``training error`` or ``exception`` (the retries of :mod:`runner` add
+    ``worker died``, ``no heartbeat`` and ``interrupted``)."""
+    from jepa_lab.training.loop import NonFiniteError, TrainingError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SpecError):
+        return "invalid combination: " + "; ".join(exc.messages)[:480]
+    if isinstance(exc, NonFiniteError):
+        return f"non-finite: {text}"[:500]
+    if isinstance(exc, TrainingError):
+        return f"training error: {text}"[:500]
+    return f"exception: {type(exc).__name__}{': ' * bool(text)}{text}"[:500]
+
+
+def record_failure(
+    session: Session, number: int, reason: str, retried_by: int | None = None
+) -> None:
+    """Record why the unfinished trial ``number`` fails, before it is told FAIL: in
+    ``jepa_lab.error`` and in Optuna's system attribute ``fail_reason``, where generic Optuna
+    tools and optuna-dashboard show it; ``retried_by``: the trial that runs its parameters again.
+    Raises ``UpdateFinishedTrialError`` if the trial finished meanwhile."""
+    storage, trial_id = session.optuna_storage, session.trial_id(number)
+    storage.set_trial_user_attr(trial_id, ERROR, reason)
+    storage.set_trial_system_attr(trial_id, FAIL_REASON, reason)
+    if retried_by is not None:
+        storage.set_trial_user_attr(trial_id, RETRIED_BY, retried_by)
 
 
 def run_trial(
@@ -132,7 +163,8 @@ def run_trial(
     """Train and evaluate one trial inside its MLflow child run; tell Optuna the result.
 
     A failing trial (non-finite loss or objective, invalid combination, any other exception) is
-    told FAIL with its reason, which its MLflow run carries too (``jepa_lab.error``). Infra
+    told FAIL with its reason (:func:`failure_reason`, :func:`record_failure`), which its MLflow
+    run carries too (``jepa_lab.error``). Infra
     errors (tracking store, dataset) and interruptions propagate: the caller retries the trial.
     """
     from jepa_lab.data.files import DataError
@@ -178,14 +210,14 @@ def run_trial(
             logger.log_result(result, Path(run_dir))
             finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
             trial.set_user_attr(A + "metrics", finite)
-    except (TrackingError, DataError):
+            trial.set_user_attr(A + "predictions", result.predictions)
+    except (TrackingError, DataError, StudyError):  # infra: the caller retries the trial
         raise
     except Exception as exc:  # the trial's own failure: recorded, and the study goes on
-        reason = " ".join(str(exc).split())[:500] or type(exc).__name__
-        if isinstance(exc, SpecError):
-            reason = "invalid combination: " + "; ".join(exc.messages)[:480]
-        trial.set_user_attr(ERROR, reason)
-        # skip_if_finished: a heartbeat that went stale may have failed (and re-enqueued) it
+        reason = failure_reason(exc)
+        # a heartbeat that went stale may have failed (and re-enqueued) it meanwhile
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            record_failure(session, trial.number, reason)
         session.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         seconds = time.perf_counter() - began
         return Outcome(trial.number, "FAIL", error=reason, seconds=seconds, name=name)

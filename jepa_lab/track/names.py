@@ -14,21 +14,19 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from jepa_lab.spec.experiment import ExperimentSpec
+    from jepa_lab.spec.load import AnySpec
 
 MAX_NAME = 96  # MLflow accepts 250; the runs table shows about this many characters
 # The last part of a dotted key says little on its own for these: name the section instead
 GENERIC = {"kind", "scheme", "name", "type", "value", "enabled"}
 
 
-def train_run_name(spec: ExperimentSpec) -> str:
+def train_run_name(spec: AnySpec) -> str:
     """``<spec name>-<strategy>-s<seed>``, e.g. ``smoke-ema-s0``."""
     return _cap(f"{spec.name}-{spec.strategy.kind}-s{spec.seed}")
 
 
-def trial_run_name(
-    spec: ExperimentSpec, settings: Mapping[str, Any], base: Mapping[str, Any]
-) -> str:
+def trial_run_name(spec: AnySpec, settings: Mapping[str, Any], base: Mapping[str, Any]) -> str:
     """``<strategy>-<setting>_<value>...-s<seed>``: the strategy, each of the trial's
     ``settings`` (dotted key -> value) whose value differs from the study's ``base`` experiment
     data, and the seed. E.g. ``sigreg-mask_random-lr_0.001-s1``."""

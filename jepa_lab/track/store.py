@@ -15,10 +15,13 @@ import logging
 import os
 import re
 import shutil
+import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import sqlalchemy.exc
@@ -36,6 +39,16 @@ MIN_FREE_BYTES = 64 * 2**20
 # MLflow 3's UI shows an experiment as model training (runs, metrics), not GenAI (traces).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
+RETRY_ENV = "JEPA_LAB_TRACKING_RETRY_S"
+RETRY_S = 300.0  # an unreachable tracking server is retried this long before a run gives up
+# MLflow's HTTP client retries a refused connection 7 times with backoff factor 2 (minutes) by
+# default; jepa-lab's own loop (:func:`call`) does the waiting, bounded by
+# $JEPA_LAB_TRACKING_RETRY_S, so each of its attempts stays short. Set either variable to override.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+T = TypeVar("T")
+
 # MLflow narrates store creation and system-metrics sampling at INFO on stderr: keep warnings.
 for _name in ("mlflow.store.db.utils", "mlflow.system_metrics", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -43,6 +56,10 @@ for _name in ("mlflow.store.db.utils", "mlflow.system_metrics", "alembic"):
 
 class TrackingError(Exception):
     """The tracking store cannot be used; the one-line message names the URI and the fix."""
+
+
+class TrackingUnavailable(TrackingError):
+    """The tracking server did not answer (connection refused, 5xx): an outage, not a mistake."""
 
 
 def home() -> Path:
@@ -173,6 +190,66 @@ def translated(uri: str) -> Iterator[None]:
         raise
     except (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:  # OSError: requests'
         raise TrackingError(f"tracking store {redact(uri)}: {one_line(exc)}") from exc
+
+
+def retry_s() -> float:
+    """Seconds an unreachable tracking server is retried: $JEPA_LAB_TRACKING_RETRY_S, else 300."""
+    text = os.environ.get(RETRY_ENV, "").strip()
+    try:
+        return float(text) if text else RETRY_S
+    except ValueError:
+        raise TrackingError(f"{RETRY_ENV}={text!r} is not a number of seconds") from None
+
+
+def _transient(uri: str, exc: BaseException) -> bool:
+    """A tracking server that did not answer (refused, reset, timed out, 5xx). A local store's
+    errors (a full disk, a locked file) and a server's 4xx answers are not retried."""
+    if not uri.startswith(("http://", "https://")) or isinstance(exc, TrackingError):
+        return False
+    if isinstance(exc, MlflowException):
+        return exc.get_http_status_code() >= 500
+    return isinstance(exc, OSError)  # requests' ConnectionError and Timeout are OSErrors
+
+
+def call(uri: str, action: Callable[[], T], limit: float | None = None) -> T:
+    """``action()`` with its errors translated (see :func:`translated`); a tracking server that
+    does not answer is retried with backoff (1 s doubling to 10 s) for up to ``limit`` seconds
+    ($JEPA_LAB_TRACKING_RETRY_S by default), then :class:`TrackingUnavailable`."""
+    limit = retry_s() if limit is None else limit
+    began, pause, tries = time.monotonic(), 1.0, 0
+    while True:
+        try:
+            with translated(uri):
+                result = action()
+        except TrackingError as exc:
+            cause = exc.__cause__
+            if cause is None or not _transient(uri, cause):
+                raise
+            waited = time.monotonic() - began
+            if waited >= limit:
+                raise TrackingUnavailable(
+                    f"tracking server {redact(uri)} unreachable for {waited:.0f} s "
+                    f"({one_line(cause, 160)}): start it again, or set {RETRY_ENV} to wait longer"
+                ) from cause
+            if tries == 0:
+                print(
+                    f"warning: tracking server {redact(uri)} did not answer; retrying for up to "
+                    f"{limit:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            tries += 1
+            time.sleep(min(pause, max(0.0, limit - waited)))
+            pause = min(pause * 2, 10.0)
+            continue
+        if tries:
+            print(
+                f"tracking server {redact(uri)}: answered again after "
+                f"{time.monotonic() - began:.1f} s ({tries} retries)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return result
 
 
 def ensure_store(uri: str) -> None:

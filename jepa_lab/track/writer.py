@@ -10,6 +10,7 @@ parent and child runs (a study and its trials) and several threads coexist. Runs
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import platform
@@ -18,11 +19,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from mlflow.entities import Dataset as MlflowDataset
@@ -36,18 +37,22 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
-from jepa_lab.track.store import TrackingError, one_line, translated
+from jepa_lab.track.store import TrackingError, TrackingUnavailable, call, one_line, translated
 
 if TYPE_CHECKING:
     from jepa_lab.spec.experiment import ExperimentSpec
+    from jepa_lab.spec.world import WorldSpec
     from jepa_lab.training.result import TrainResult
 
 SPEC_ARTIFACT = "spec.yaml"
 FLUSH_ROWS = 500  # buffered metric values before a log_batch (MLflow takes 1000 at most)
 FLUSH_SECONDS = 10.0  # ... or this long since the last one, whichever comes first
+MAX_BATCH = 1000  # metric values MLflow takes in one log_batch
 SYSTEM_METRICS_SECONDS = 10.0  # sampling interval; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
 TAG = "jepa_lab."  # prefix of every jepa-lab tag: jepa_lab.strategy, jepa_lab.config_id, ...
 ERROR_TAG = TAG + "error"
+
+T = TypeVar("T")
 
 
 class Terminated(BaseException):
@@ -70,7 +75,13 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 class RunLogger:
     """Logs into one open MLflow run. ``log`` is buffered: one ``log_batch`` per ``flush_rows``
-    values or ``flush_seconds`` (and on close), so logging stays a small share of training."""
+    values or ``flush_seconds`` (and on close), so logging stays a small share of training.
+
+    Outages of a tracking server: a flush from ``log`` (inside training) tries once and, if the
+    server does not answer, keeps the values buffered for the next flush; every other call
+    (the final flush included) retries with backoff for up to $JEPA_LAB_TRACKING_RETRY_S, then
+    raises :class:`TrackingUnavailable`, after which the run's remaining calls try only once.
+    """
 
     def __init__(
         self,
@@ -86,6 +97,16 @@ class RunLogger:
         self._pending: list[Metric] = []
         self._logged: set[str] = set()
         self._last_flush = time.monotonic()
+        self._gave_up = False  # the server stayed down past the limit: stop waiting for it
+        self._unsent = False  # a flush from log() found the server down
+
+    def _call(self, action: Callable[[], T]) -> T:
+        """``action()`` against the store, retried while a server is down (see the class)."""
+        try:
+            return call(self.uri, action, 0.0 if self._gave_up else None)
+        except TrackingUnavailable:
+            self._gave_up = True
+            raise
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Record ``metrics`` at ``step`` (the core's ``train(log=...)``)."""
@@ -95,39 +116,50 @@ class RunLogger:
         self._logged.update(metrics)
         due = time.monotonic() - self._last_flush >= self.flush_seconds
         if due or len(self._pending) >= self.flush_rows:
-            self.flush()
+            self.flush(wait=False)
         self.seconds += time.perf_counter() - began
 
-    def flush(self) -> None:
-        batch, self._pending = self._pending, []
+    def flush(self, *, wait: bool = True) -> None:
+        """Send the buffered values, in batches MLflow accepts. ``wait=False`` (inside training):
+        one try; a server that does not answer leaves them buffered for the next flush."""
         self._last_flush = time.monotonic()
-        if batch:
-            with translated(self.uri):
-                self.client.log_batch(self.run_id, metrics=batch)
+        while self._pending:
+            batch = self._pending[:MAX_BATCH]
+            send = functools.partial(self.client.log_batch, self.run_id, metrics=batch)
+            try:
+                self._call(send) if wait else call(self.uri, send, 0.0)
+            except TrackingUnavailable:
+                if wait:
+                    raise
+                if not self._unsent:
+                    print(
+                        f"warning: run {self.run_id}: tracking server down; metrics stay "
+                        "buffered and training goes on",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                self._unsent = True
+                return
+            del self._pending[: len(batch)]
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if tags:
-            with translated(self.uri):
-                self.client.log_batch(
-                    self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
-                )
+            rows = [RunTag(k, str(v)) for k, v in tags.items()]
+            self._call(lambda: self.client.log_batch(self.run_id, tags=rows))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        with translated(self.uri):
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        with translated(self.uri):
-            self.client.log_text(self.run_id, text, artifact_file)
+        self._call(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
-    def log_spec(self, spec: ExperimentSpec) -> None:
+    def log_spec(self, spec: ExperimentSpec | WorldSpec) -> None:
         """The resolved spec as dotted params and ``spec.yaml``; identity and provenance tags."""
         from jepa_lab.training.provenance import git_state
 
         data = spec.to_dict()
         params = [Param(key, value) for key, value in flatten(data).items()]
-        with translated(self.uri):
-            self.client.log_batch(self.run_id, params=params)
+        self._call(lambda: self.client.log_batch(self.run_id, params=params))
         self.log_text(yaml.safe_dump(data, sort_keys=False), SPEC_ARTIFACT)
         commit, dirty, diff = git_state()
         tags = {
@@ -157,8 +189,8 @@ class RunLogger:
             profile=json.dumps(profile),
         )
         tags = [InputTag("mlflow.data.context", "training")]
-        with translated(self.uri):
-            self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
+        inputs = [DatasetInput(dataset, tags)]
+        self._call(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def log_result(self, result: TrainResult, run_dir: Path | None) -> None:
         """Final metrics, provenance tags, result.json, checkpoint, curve plots and the dataset."""
@@ -166,6 +198,9 @@ class RunLogger:
         final["train/seconds"] = result.train_seconds
         final["train/images_per_second_avg"] = result.images_per_second
         self.log(final, result.steps)
+        for name, values in result.series.items():  # per-horizon arrays: the horizon is the step
+            for k, value in enumerate(values, start=1):
+                self.log({name: value}, k)
         self.flush()
         facts = {k: v for k, v in result.provenance.items() if k in ("device", "device_name")}
         self.set_tags({TAG + k: str(v) for k, v in facts.items()} | {
@@ -187,8 +222,8 @@ class RunLogger:
     def close(self) -> None:
         """Flush what is buffered and record the time logging took."""
         self.flush()
-        with translated(self.uri):
-            self.client.log_metric(self.run_id, "tracking/log_seconds", self.seconds)
+        seconds = self.seconds
+        self._call(lambda: self.client.log_metric(self.run_id, "tracking/log_seconds", seconds))
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
@@ -301,13 +336,14 @@ def tracked_run(
     run_tags |= dict(tags or {})
     if parent_run_id is not None:
         run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    with translated(uri):
-        if reopen is not None:
-            run_id = reopen
-            client.update_run(run_id, status="RUNNING")
-            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
-        else:
-            run_id = client.create_run(experiment_id, run_name=name, tags=run_tags).info.run_id
+    if reopen is not None:
+        run_id = reopen
+        call(uri, lambda: client.update_run(run_id, status="RUNNING"))
+        call(uri, lambda: client.log_batch(
+            run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()]))  # fmt: skip
+    else:
+        created = call(uri, lambda: client.create_run(experiment_id, run_name=name, tags=run_tags))
+        run_id = created.info.run_id
     logger, monitor = RunLogger(client, run_id, uri), None
     status, end_tags = RunStatus.FINISHED, {}
     try:
@@ -344,11 +380,15 @@ def _close(
         if status == RunStatus.FINISHED:
             status, tags = RunStatus.FAILED, {ERROR_TAG: f"logging failed: {exc}"}
     if monitor is not None:
-        monitor.stop()
+        try:
+            with translated(logger.uri):
+                monitor.stop()
+        except TrackingError as exc:  # its last sample lost: the run closes all the same
+            print(f"warning: run {logger.run_id}: system metrics: {exc}", file=sys.stderr)
     try:
         logger.set_tags(tags)
-        with translated(logger.uri):
-            logger.client.set_terminated(logger.run_id, RunStatus.to_string(status))
+        ended = RunStatus.to_string(status)
+        logger._call(lambda: logger.client.set_terminated(logger.run_id, ended))
     except TrackingError as exc:
         problems.append(exc)
     if problems and not failing:

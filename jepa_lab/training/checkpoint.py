@@ -97,8 +97,19 @@ def save_checkpoint(
     state[CHECKSUM] = checksum(state)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    try:
+        torch.save(state, partial)
+        os.replace(partial, path)
+    except BaseException as exc:
+        # a full disk or a kill mid-write: the previous checkpoint at ``path`` stays untouched
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, Exception):  # torch reports a full disk as a RuntimeError
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise CheckpointError(
+                f"could not write checkpoint {path} ({reason}): free space on its disk or use "
+                "another run directory; the previous checkpoint is kept"
+            ) from exc
+        raise
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from jepa_lab.data.datasets import Dataset, augment, batch_indices, load_dataset
 from jepa_lab.data.seeds import derive_seed
 from jepa_lab.eval.evaluate import curve_point, evaluate, probe_now
 from jepa_lab.spec.experiment import ExperimentSpec, LossSpec
+from jepa_lab.spec.world import WorldSpec
 from jepa_lab.training.checkpoint import (
     EMPTY_WINDOW,
     Records,
@@ -36,6 +37,7 @@ from jepa_lab.training.distributed import World, checksum, join_world, leave_wor
 from jepa_lab.training.optim import build_optimizer, lr_at, weight_decay_at
 from jepa_lab.training.provenance import provenance
 from jepa_lab.training.result import TrainResult, describe
+from jepa_lab.training.world_loop import train_world
 
 Log = Callable[[Mapping[str, float], int], None]
 Progress = Callable[[str, int, int], None]
@@ -43,6 +45,10 @@ Progress = Callable[[str, int, int], None]
 
 class TrainingError(Exception):
     """Training cannot go on (non-finite loss, bad world size); the message names the step."""
+
+
+class NonFiniteError(TrainingError):
+    """The loss (or an objective) became NaN or infinite: the run diverged."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def global_batch(
     images = augment(data.train_images[index], spec.data.augment, data.mean, data.std, generator)
     masks = sample_masks(spec.mask, spec.grid, batch, derive_seed("masks", spec.seed, step))
     if device.type == "cuda":  # pinned, so the copy does not wait for the device queue
-        masks = Masks(masks.context.pin_memory(), masks.targets.pin_memory())
+        masks = masks.pin_memory()
     return images, masks.to(device)
 
 
@@ -148,13 +154,19 @@ def _records(result: TrainResult, window: list[float], options: TrainOptions) ->
 
 
 def train(
-    spec: ExperimentSpec,
+    spec: ExperimentSpec | WorldSpec,
     log: Log = nothing,
     progress: Progress = nothing,
     options: TrainOptions | None = None,
 ) -> TrainResult:
-    """Pre-train ``spec``, evaluate it (rank 0) and return the result."""
+    """Pre-train ``spec``, evaluate it (rank 0) and return the result. A world-model spec is
+    trained by :func:`jepa_lab.training.world_loop.train_world` (one process)."""
     options = options or TrainOptions()
+    if isinstance(spec, WorldSpec):
+        result = train_world(spec, log, progress, options.device)
+        if options.run_dir is not None:
+            options.run_dir.mkdir(parents=True, exist_ok=True)
+        return result
     device = pick_device(options.device)
     if device.type == "cpu":  # all cores, shared among the local ranks
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -236,7 +248,9 @@ def _run(
                     "(non-deterministic kernels or a rank-dependent bug)"
                 )
             if int(first_bad) >= 0:
-                raise TrainingError(f"loss became non-finite at step {int(first_bad)}: {spec.name}")
+                raise NonFiniteError(
+                    f"loss became non-finite at step {int(first_bad)}: {spec.name}"
+                )
             elapsed = time.perf_counter() - window_start
             means = (sums / window_steps).tolist()
             row = {
@@ -276,7 +290,9 @@ def _run(
         result.completed = False
         return result
     if world.is_main:
-        result.metrics = evaluate(spec, data, model, strategy, device, progress)
+        result.metrics = evaluate(
+            spec, data, model, strategy, device, progress, predictions=result.predictions
+        )
         log(result.metrics, stop)
         if spec.eval.every:
             result.curve.append({"step": float(stop), **curve_point(result.metrics)})

@@ -8,21 +8,27 @@ from typing import Any
 
 from jepa_lab.data.datasets import Dataset
 from jepa_lab.spec.experiment import ExperimentSpec
+from jepa_lab.spec.world import WorldSpec
 from jepa_lab.training.checkpoint import Records
 
 
 @dataclass
 class TrainResult:
-    spec: ExperimentSpec
+    spec: ExperimentSpec | WorldSpec
     steps: int
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     curve: list[dict[str, float]] = field(default_factory=list)  # probe against steps
+    # Per-image test predictions of the probes (jepa_lab.eval.evaluate.PREDICTIONS -> compact
+    # text): what paired tests over test images read.
+    predictions: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, str | bool | None] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)  # name, digest, sizes: no host paths
     train_seconds: float = 0.0
     images_per_second: float = 0.0
     completed: bool = True
+    # per-horizon arrays (world models): logged as metrics with the horizon step (1..K) as step
+    series: dict[str, list[float]] = field(default_factory=dict)
 
     def records(self, window: list[float]) -> Records:
         """The logged rows, the probe curve and the open log ``window`` (Records): what a
@@ -42,6 +48,8 @@ class TrainResult:
             "images_per_second": self.images_per_second,
             "history": self.history,
             "curve": self.curve,
+            "predictions": self.predictions,
+            "series": self.series,
             "dataset": self.dataset,
             "provenance": self.provenance,
         }

@@ -80,3 +80,15 @@ def test_fp32_on_cuda_is_refused_because_train_step_always_autocasts_there(
     done = bench("throughput.py", str(smoke_path), "--device", "cuda", "--dtype", "fp32")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("error: --dtype fp32 on cuda:")
+
+
+def test_fuzz_runs_validate_on_mutants_and_writes_its_counts(tmp_path: Path) -> None:
+    out = tmp_path / "fuzz.json"
+    done = bench("fuzz.py", "--mutants", "22", "--subprocess", "0", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["mutants"] == 22 and sum(report["exit_codes"].values()) == 22
+    assert len(report["by_kind"]) >= 9  # (nearly) every kind of mutation
+    assert report["exit_codes"].get("2", 0) >= 11  # most mutants are invalid
+    assert report["tracebacks"] == 0, report["offending"]
+    assert "mutants in" in done.stdout

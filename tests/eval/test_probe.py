@@ -10,13 +10,16 @@ import torch
 from jepa_lab.eval.probe import (
     ProbeResult,
     _canonical_order,
+    decode_classes,
+    encode_classes,
     fit_probe,
     knn_accuracy,
     pooled_features,
+    wilson_half_width,
 )
 from jepa_lab.spec.experiment import EvalSpec
 
-SPEC = EvalSpec()
+SPEC = EvalSpec(val_size=60)  # a tenth of the 600 training samples of these tests
 N_CLASSES = 4
 
 
@@ -87,7 +90,7 @@ def test_ids_fix_the_validation_split_whatever_the_features() -> None:
     train_x, train_y = _blobs(600, spread=2.0, seed=0)
     other_x, _ = _blobs(600, spread=5.0, seed=7)
     ids = torch.arange(600) * 3
-    n_val = round(SPEC.val_fraction * 600)
+    n_val = SPEC.val_size
     first = _canonical_order(train_x, train_y, ids, seed=0)[:n_val]
     second = _canonical_order(other_x, train_y, ids, seed=0)[:n_val]
     assert torch.equal(first, second)
@@ -121,7 +124,9 @@ def test_probe_accepts_zero_l2_with_a_constant_feature() -> None:
     train_x, train_y = _blobs(400, spread=2.0, seed=0)
     test_x, test_y = _blobs(200, spread=2.0, seed=1)
     train_x[:, -1] = 0.0  # a direction without data: no curvature at all when l2 = 0
-    result = fit_probe(train_x, train_y, test_x, test_y, EvalSpec(l2_grid=(0.0,)), seed=0)
+    result = fit_probe(
+        train_x, train_y, test_x, test_y, EvalSpec(l2_grid=(0.0,), val_size=40), seed=0
+    )
     assert result.l2 == 0.0 and 0.5 < result.test_acc < 1.0
 
 
@@ -193,3 +198,43 @@ def test_pooled_features_rejects_pooled_encoders() -> None:
     images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
     with pytest.raises(ValueError, match="tokens"):
         pooled_features(lambda x: x.flatten(1), lambda x: x.float(), images, 2, "cpu")
+
+
+def test_probe_keeps_its_test_predictions_in_test_order() -> None:
+    train_x, train_y = _blobs(400, spread=3.0, seed=0)
+    test_x, test_y = _blobs(300, spread=3.0, seed=1)
+    result = fit_probe(train_x, train_y, test_x, test_y, SPEC, seed=0)
+    predicted = decode_classes(encode_classes(result.test_pred))
+    assert predicted.shape == test_y.shape
+    assert float((predicted == test_y).double().mean()) == result.test_acc
+    assert result.val_size == SPEC.val_size
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(3))
+    permuted = fit_probe(train_x, train_y, test_x[perm], test_y[perm], SPEC, seed=0)
+    assert torch.equal(decode_classes(encode_classes(permuted.test_pred)), predicted[perm])
+
+
+def test_encoded_classes_round_trip_compactly() -> None:
+    classes = torch.randint(0, 10, (10_000,), generator=torch.Generator().manual_seed(0))
+    text = encode_classes(classes)
+    assert torch.equal(decode_classes(text), classes)
+    assert len(text) < 8_000  # ~3.3 bits of entropy per image, in base64
+    with pytest.raises(ValueError, match="uint8"):
+        encode_classes(torch.tensor([0, 300]))
+
+
+def test_wilson_half_width_matches_the_closed_form() -> None:
+    # Wilson (1927): centre (p + z^2/2n) / (1 + z^2/n), half-width z/(1 + z^2/n) *
+    # sqrt(p(1-p)/n + z^2/4n^2), z the 97.5 % normal quantile.
+    z, n, k = 1.959963984540054, 5000, 4250
+    p = k / n
+    expected = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert wilson_half_width(k, n) == pytest.approx(expected, rel=1e-9)
+    assert wilson_half_width(850, 1000) > 2 * wilson_half_width(4250, 5000) * 0.99 > 0
+
+
+def test_probe_reports_the_wilson_interval_of_its_validation_accuracy() -> None:
+    train_x, train_y = _blobs(600, spread=2.0, seed=0)
+    test_x, test_y = _blobs(300, spread=2.0, seed=1)
+    result = fit_probe(train_x, train_y, test_x, test_y, SPEC, seed=0)
+    correct = round(result.val_acc * SPEC.val_size)
+    assert result.val_ci == wilson_half_width(correct, SPEC.val_size) > 0

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import ttest_ind
+from scipy.stats import sem, ttest_rel
+from scipy.stats import t as t_dist
+from statsmodels.stats.multitest import multipletests
 
 from jepa_lab.spec.study import ObjectiveSpec
 from jepa_lab.study import export
@@ -18,7 +20,7 @@ from jepa_lab.study import plot as pareto_plot
 
 MIN_MIN = [
     ObjectiveSpec(metric="diag/pred_loss", direction="minimize", reference=2.0),
-    ObjectiveSpec(metric="diag/sigreg", direction="minimize", reference=100.0),
+    ObjectiveSpec(metric="diag/sigreg_pooled", direction="minimize", reference=100.0),
 ]
 
 
@@ -113,13 +115,6 @@ def test_hypervolume_agrees_with_optunas_own() -> None:
     assert ours == pytest.approx(private.compute_hypervolume(front, reference), rel=1e-9)
 
 
-def test_welch_p_is_scipys_and_needs_two_per_side() -> None:
-    a, b = [0.61, 0.64, 0.66], [0.70, 0.71, 0.74, 0.69]
-    assert export.welch_p(a, b) == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
-    assert math.isnan(export.welch_p([0.6], b))
-    assert export.welch_p([0.5, 0.5], [0.5, 0.5]) == 1.0
-
-
 def rows() -> list[dict]:
     """Two strategies x 3 seeds, a duplicate of one seed, a failed and a running trial."""
     accuracy = {"ema": [0.70, 0.72, 0.71], "sigreg": [0.76, 0.78, 0.77]}
@@ -142,7 +137,7 @@ def rows() -> list[dict]:
                         "eval/probe_acc": value,
                         "eval/random_probe_acc": 0.60 + 0.01 * seed,
                         "diag/pred_loss": 0.5 if kind == "ema" else 0.6,
-                        "diag/sigreg": 50.0 if kind == "ema" else 5.0 + seed,
+                        "diag/sigreg_pooled": 50.0 if kind == "ema" else 5.0 + seed,
                     },
                 }
             )
@@ -166,7 +161,9 @@ def rows() -> list[dict]:
     return [*out, duplicate, failed]
 
 
-def test_aggregate_means_stds_counts_and_welch() -> None:
+def test_aggregate_means_stds_counts_and_paired_comparisons() -> None:
+    # Replaces the old Welch assertions (p_vs_* were unpaired Welch p-values; now they are
+    # Holm-adjusted paired tests, with the raw p and the test named beside them).
     trials = export.trials_frame(rows())
     table = export.aggregate(trials, MIN_MIN, ["strategy.kind", "mask.ratio"])
     assert list(table["strategy"]) == ["ema", "sigreg"]
@@ -174,13 +171,20 @@ def test_aggregate_means_stds_counts_and_welch() -> None:
     assert ema["n"] == 3 and ema["trials"] == "0,1,2"  # the duplicate seed is not counted
     assert ema["eval/probe_acc"] == pytest.approx(0.71)
     assert ema["eval/probe_acc std"] == pytest.approx(np.std([0.70, 0.72, 0.71], ddof=1))
-    expected = ttest_ind([0.70, 0.72, 0.71], [0.76, 0.78, 0.77], equal_var=False).pvalue
-    assert ema["p_vs_sigreg"] == pytest.approx(expected)
-    assert table.iloc[1]["p_vs_ema"] == pytest.approx(expected)
+    low, high = t_dist.interval(0.95, 2, loc=0.71, scale=sem([0.70, 0.72, 0.71]))
+    assert (ema["eval/probe_acc lo"], ema["eval/probe_acc hi"]) == pytest.approx((low, high))
+    # sigreg - ema is 0.06 on every seed: no spread, so no test and no p = 0
+    assert table.iloc[1]["d_vs_ema"] == pytest.approx(0.06)
+    assert math.isnan(table.iloc[1]["p_vs_ema"]) and "zero spread: no test" in ema["test_vs_sigreg"]
     assert math.isnan(ema["p_vs_ema"])
-    assert ema["p_vs_random"] == pytest.approx(
-        ttest_ind([0.70, 0.72, 0.71], [0.60, 0.61, 0.62], equal_var=False).pvalue
-    )
+    raw = [
+        ttest_rel([0.70, 0.72, 0.71], [0.60, 0.61, 0.62]).pvalue,
+        ttest_rel([0.76, 0.78, 0.77], [0.60, 0.61, 0.62]).pvalue,
+    ]
+    assert ema["p_vs_random raw"] == pytest.approx(raw[0])
+    holm = multipletests(raw, method="holm")[1]
+    assert [ema["p_vs_random"], table.iloc[1]["p_vs_random"]] == pytest.approx(list(holm))
+    assert ema["test_vs_random"] == "paired t, n = 3"
     front = export.front(table, MIN_MIN)  # ema: lower pred loss; sigreg: lower SIGReg
     assert list(front["strategy"]) == ["ema", "sigreg"]
 
@@ -200,7 +204,7 @@ def test_front_deduplicates_identical_configurations() -> None:
             "trial": 0,
             "config_id": "a",
             "mlflow_run_id": "r0",
-            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg": 9.0},
+            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg_pooled": 9.0},
         },
         {
             **base,
@@ -208,14 +212,14 @@ def test_front_deduplicates_identical_configurations() -> None:
             "config_id": "b",
             "mlflow_run_id": "r1",
             "settings": {"strategy.lambda": 0.2},
-            "metrics": {"diag/pred_loss": 0.5, "diag/sigreg": 3.0},
+            "metrics": {"diag/pred_loss": 0.5, "diag/sigreg_pooled": 3.0},
         },
         {
             **base,
             "trial": 2,
             "config_id": "a",
             "mlflow_run_id": "r2",
-            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg": 9.0},
+            "metrics": {"diag/pred_loss": 0.4, "diag/sigreg_pooled": 9.0},
         },
         {
             **base,
@@ -223,7 +227,7 @@ def test_front_deduplicates_identical_configurations() -> None:
             "config_id": "c",
             "mlflow_run_id": "r3",
             "settings": {"strategy.lambda": 0.3},
-            "metrics": {"diag/pred_loss": 0.6, "diag/sigreg": 9.5},
+            "metrics": {"diag/pred_loss": 0.6, "diag/sigreg_pooled": 9.5},
         },
     ]
     table = export.aggregate(export.trials_frame(data), MIN_MIN, ["strategy.lambda"])
@@ -248,6 +252,9 @@ def test_every_format_round_trips(fmt: str, tmp_path: Path) -> None:
         "trial",
         "mask.ratio",
         "p_vs_random",
+        "d_vs_random",
+        "d_vs_random lo",
+        "test_vs_random",
         "state",
     } <= set(out.columns)
     meta = {
@@ -277,6 +284,8 @@ def test_every_format_round_trips(fmt: str, tmp_path: Path) -> None:
 
 def test_plots_are_written(tmp_path: Path) -> None:
     table = export.aggregate(export.trials_frame(rows()), MIN_MIN, ["strategy.kind"])
+    table["front_prob"] = [1.0, 0.5]  # sigreg's membership uncertain: marked in the plot
+    assert "diag/sigreg_pooled lo" in table  # error bars from the CIs
     front = export.front(table, MIN_MIN)
     for name in ("p.png", "p.html"):
         path = pareto_plot.plot(table, front, MIN_MIN, tmp_path / name, "title")

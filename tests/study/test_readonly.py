@@ -33,7 +33,7 @@ def scripted_train(spec: Any, **kwargs: Any) -> Any:
     from jepa_lab.training.result import TrainResult
 
     sigreg = 9.0 if spec.strategy.kind == "ema" else 3.0
-    metrics = {"diag/pred_loss": 0.4, "diag/sigreg": sigreg, "eval/probe_acc": 0.5}
+    metrics = {"diag/pred_loss": 0.4, "diag/sigreg_pooled": sigreg, "eval/probe_acc": 0.5}
     dataset = {"name": "synthetic", "digest": "0" * 64, "origin": "generated"}
     return TrainResult(spec, steps=6, metrics=metrics, dataset=dataset)
 

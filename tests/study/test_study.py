@@ -10,6 +10,7 @@ twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,7 +45,7 @@ from jepa_lab.study.storage import (
 )
 from jepa_lab.study.trial import WorkerOptions
 
-from ..conftest import STUDIES
+from ..conftest import REPO, STUDIES
 from .test_export import brute_front, grid_area, union_volume
 
 TINY = {
@@ -303,8 +304,8 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
 
     def train(spec: Any, **kwargs: Any) -> Any:  # fast and scripted: the bookkeeping is tested
         if spec.strategy.kind == "sigreg":
-            raise jepa_lab.training.loop.TrainingError("loss became non-finite at step 3: smoke")
-        metrics = {"diag/pred_loss": 0.4, "diag/sigreg": 9.0, "eval/probe_acc": 0.5}
+            raise jepa_lab.training.loop.NonFiniteError("loss became non-finite at step 3: smoke")
+        metrics = {"diag/pred_loss": 0.4, "diag/sigreg_pooled": 9.0, "eval/probe_acc": 0.5}
         dataset = {"name": "synthetic", "digest": "0" * 64, "origin": "generated"}
         return TrainResult(spec, steps=6, metrics=metrics, dataset=dataset)
 
@@ -319,12 +320,24 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
     outcomes = study.work(session, WorkerOptions(device="cpu"), echo=lambda o: None)
     assert [o.state for o in outcomes] == ["COMPLETE", "COMPLETE"]  # the study goes on
     trials = session.study.get_trials()
-    assert trials[0].user_attrs[study_tracking.ERROR] == "loss became non-finite at step 3: smoke"
+    reason = "non-finite: loss became non-finite at step 3: smoke"
+    assert trials[0].user_attrs[study_tracking.ERROR] == reason
+    assert trials[0].system_attrs["fail_reason"] == reason  # where Optuna's tools read it
     [run] = [r for r in mlflow_runs(home, "failing") if r.info.run_name == "sigreg-s0"]
     assert run.info.status == "FAILED"
     assert "non-finite at step 3" in run.data.tags["jepa_lab.error"]
     assert study.is_complete(session)
     assert study_results.counts(session) == {"FAIL": 1, "COMPLETE": 2}
+    status = in_process("status", str(path))
+    assert status.exit_code == 0, status.output
+    assert "failed trials (1)" in status.stdout and reason in status.stdout
+    out = tmp_path / "all.json"
+    assert in_process("export", str(path), "-o", str(out), "--all").exit_code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["trial"], r["state"], r["fail_reason"]) for r in rows if r["state"] == "FAIL"] == [
+        (0, "FAIL", reason)
+    ]
+    assert {"fail_reason", "retry_of", "retried_by"} <= set(rows[0])
 
 
 def test_study_runs_are_named_described_aggregated_and_keep_checkpoints(
@@ -375,14 +388,14 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
         seeds=[0, 1],
         objectives=[
             {"metric": "diag/pred_loss", "direction": "minimize", "reference": 2.0},
-            {"metric": "diag/sigreg", "direction": "minimize", "reference": 1200.0},
+            {"metric": "diag/sigreg_pooled", "direction": "minimize", "reference": 1200.0},
             {"metric": "eval/probe_acc", "direction": "maximize", "reference": 0.0},
         ],
     )
     done = cli("run", str(path), "--workers", "2", "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[w0]" in done.stderr and "[w1]" in done.stderr  # two local worker processes
-    assert "p vs random" in done.stdout and "hypervolume" in done.stdout
+    assert "vs random init" in done.stdout and "hypervolume" in done.stdout  # was "p vs random"
     loaded = check_consistent(home, journal(home, "grid"), "grid", 4)
     cells = {
         (t.params["strategy.kind"], t.user_attrs["jepa_lab.seed"]) for t in loaded.get_trials()
@@ -559,8 +572,41 @@ def test_sigkill_mid_trial_then_rerun_completes_without_duplicates(
     assert failed.number == killed_at and "died" in failed.user_attrs[study_tracking.ERROR]
     [retry] = [t for t in trials if t.user_attrs.get(study_tracking.RETRY_OF) == killed_at]
     assert retry.state.name == "COMPLETE" and retry.params == failed.params
+    # where Optuna's own tooling reads them: the reason, and its retry callback's keys
+    assert failed.system_attrs["fail_reason"].startswith("worker died: ")
+    assert f"retried as trial {retry.number}" in failed.system_attrs["fail_reason"]
+    assert failed.user_attrs[study_tracking.RETRIED_BY] == retry.number
+    assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(retry) == killed_at
+    status = in_process("status", str(path))
+    assert "worker died: " in status.stdout and "failed trials (1)" in status.stdout
     runs = mlflow_runs(home, "killed")
     [killed_run] = [r for r in runs if r.data.tags.get("jepa_lab.trial") == str(killed_at)]
     assert killed_run.info.status == "KILLED" and "died" in killed_run.data.tags["jepa_lab.error"]
     assert len(runs) == 1 + 3 + 1  # parent, one per completed trial, the killed one
     assert not list((home / "studies").glob("*.lock"))  # no Optuna lock file to wait out
+
+
+def test_a_storm_of_sigkills_then_one_run_finishes_the_study_cleanly(tmp_path: Path) -> None:
+    """bench/storm.py at CI size: 3 SIGKILLs of the whole process group of `jepa-lab run`, at
+    seeded moments in its first seconds (the first ones while the stores are created), on a
+    fresh store and a 3-cell grid; then one run must exit 0 and leave the study clean."""
+    out = tmp_path / "storm.json"
+    command = [sys.executable, str(REPO / "bench" / "storm.py"), "--kills", "3", "--cells", "3",
+               "--window", "0.5", "5", "--steps", "12", "--seed", "1", "--no-rerun",
+               "--timeout", "200", "--json", str(out)]  # fmt: skip
+    storm = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=REPO, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = storm.communicate(timeout=300)
+    finally:  # a storm past its time leaves no `jepa-lab run` behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(storm.pid, signal.SIGKILL)
+    assert out.exists(), stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["kills"] + len(report["ended_before_kill"]) == 3
+    assert report["final_exit_code"] == 0, report["final_stderr_tail"]
+    assert report["complete"] == 3 and report["duplicates"] == 0, report
+    assert report["optuna_running_left"] == 0 and report["mlflow_running_left"] == 0, report
+    assert report["orphan_runs"] == 0 and report["surviving_processes"] == 0, report
+    assert report["lock_files"] == 0 and report["fail_reasons_missing"] == 0, report
+    assert storm.returncode == 0 and "verdict" in stdout

@@ -40,8 +40,11 @@ def test_each_strategy_trains_with_a_finite_falling_loss(smoke_path: Path, kind:
     assert losses[-1] < losses[0]
     assert [step for _, step in logged] == [10, 20, 30, 30]
     metrics = result.metrics
-    assert {"eval/probe_acc", "eval/knn_acc", "diag/rankme", "diag/std", "diag/sigreg",
-            "diag/pred_loss", "diag/positional_share"} <= set(metrics)  # fmt: skip
+    assert {"eval/probe_acc", "eval/knn_acc", "diag/rankme", "diag/std", "diag/sigreg_pooled",
+            "diag/pred_loss", "diag/train_loss_heldout", "diag/positional_share",
+            "diag/context_tokens", "diag/target_tokens",
+            "eval/probe_val_acc_ci"} <= set(metrics)  # fmt: skip
+    assert ("diag/sigreg_regularised" in metrics) == kind.startswith("sigreg")
     if kind.startswith("sigreg"):
         assert all(row["train/loss_reg"] > 0 for row in result.history)
     if kind == "ema":
@@ -160,6 +163,18 @@ def test_the_probe_beats_chance_on_the_synthetic_set(smoke_path: Path) -> None:
     spec_init = f"eval/random_{result.spec.model.patch_init}_probe_acc"
     assert result.curve[0]["curve/probe_acc"] == metrics[spec_init]
     assert result.curve[-1]["curve/probe_acc"] == metrics["eval/probe_acc"]
+    # The per-image test predictions of the encoder and both baselines survive in the result.
+    from jepa_lab.eval.probe import decode_classes
+
+    labels = decode_classes(result.predictions["pred/labels"])
+    for key, metric in [
+        ("pred/probe", "eval/probe_acc"),
+        ("pred/random_probe", "eval/random_probe_acc"),
+        ("pred/pixel_probe", "eval/pixel_probe_acc"),
+    ]:
+        correct = decode_classes(result.predictions[key]) == labels
+        assert metrics[metric] == pytest.approx(float(correct.double().mean()))
+    assert result.to_dict()["predictions"] == result.predictions
 
 
 def test_a_callers_cpu_autocast_reaches_the_training_step(smoke_path: Path) -> None:

@@ -1,0 +1,179 @@
+"""Planning on Two-Rooms: CEM in a world model's latent space, and its baselines (random
+actions; CEM with the true simulator, the planner's upper bound).
+
+Episodes are a pure function of (split, task, seed), so every arm plans the same episodes
+(paired): success is compared with McNemar's exact test on the discordant pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from jepa_lab.data import tworooms
+from jepa_lab.data.seeds import derive_seed
+from jepa_lab.spec.world import PlanningSpec, TwoRoomsSpec
+
+# candidate action sequences (E, N, H, 2) -> cost (E, N); the episode's state is bound inside
+Cost = Callable[[Tensor, Tensor], Tensor]  # (positions (E, 2), actions (E, N, H, 2)) -> (E, N)
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """Starts and goals (E, 2) of a task's episodes."""
+
+    starts: Tensor
+    goals: Tensor
+
+
+def episodes(spec: TwoRoomsSpec, n: int, task: str, split: str, seed: int) -> Episodes:
+    """``n`` episodes of ``task`` ('same': goal in the start's room; 'cross': the other room),
+    from the seed stream (split, task, seed): 'val' and 'test' never share one."""
+    generator = torch.Generator().manual_seed(derive_seed("episodes", split, task, seed))
+    room = (torch.rand(n, generator=generator) < 0.5).long()
+    goal_room = room if task == "same" else 1 - room
+    starts = tworooms.sample_positions(n, spec, generator, room)
+    goals = tworooms.sample_positions(n, spec, generator, goal_room)
+    return Episodes(starts, goals)
+
+
+def cem(
+    cost: Cost, positions: Tensor, horizon: int, spec: PlanningSpec, max_step: float, seed: int
+) -> Tensor:
+    """Action sequences (E, H, 2) minimising ``cost``: Gaussian CEM, refitted on the elites."""
+    generator = torch.Generator().manual_seed(seed)
+    e = positions.shape[0]
+    mean = torch.zeros(e, horizon, 2)
+    std = torch.full((e, horizon, 2), max_step)
+    for _ in range(spec.iterations):
+        noise = torch.randn(e, spec.samples, horizon, 2, generator=generator)
+        candidates = tworooms.clip_actions(mean.unsqueeze(1) + std.unsqueeze(1) * noise, max_step)
+        costs = cost(positions, candidates)  # (E, N)
+        elite = costs.topk(spec.elites, dim=1, largest=False).indices
+        chosen = candidates.gather(1, elite[..., None, None].expand(-1, -1, horizon, 2))
+        mean, std = chosen.mean(1), chosen.std(1).clamp_min(0.05 * max_step)
+    return tworooms.clip_actions(mean, max_step)
+
+
+def step_weights(horizon: int, how: str) -> Tensor:
+    """(H,) weights of the per-step costs: only the last step, or linear toward the end."""
+    if how == "final":
+        weights = torch.zeros(horizon)
+        weights[-1] = 1
+        return weights
+    ramp = torch.arange(1, horizon + 1, dtype=torch.float32)
+    return ramp / ramp.sum()
+
+
+def simulator_cost(spec: TwoRoomsSpec, goals: Tensor, how: str) -> Cost:
+    """Cost of candidates under the true dynamics: distance of the positions to the goal."""
+
+    def cost(positions: Tensor, actions: Tensor) -> Tensor:
+        e, n, h, _ = actions.shape
+        pos = positions.unsqueeze(1).expand(e, n, 2).reshape(-1, 2)
+        goal = goals.unsqueeze(1).expand(e, n, 2).reshape(-1, 2)
+        weights = step_weights(h, how)
+        total = torch.zeros(e * n)
+        for k in range(h):
+            pos = tworooms.step(pos, actions[:, :, k].reshape(-1, 2), spec)
+            if weights[k] > 0:
+                total += weights[k] * (pos - goal).norm(dim=-1)
+        return total.reshape(e, n)
+
+    return cost
+
+
+@dataclass
+class Outcome:
+    """Per-episode results (E,) of one arm on one task."""
+
+    success: Tensor  # bool
+    distance: Tensor
+    effort: Tensor  # sum of squared actions
+    smoothness: Tensor  # sum of squared action changes
+    seconds: float  # planning time per episode
+
+    def summary(self) -> dict[str, float]:
+        n = int(self.success.numel())
+        rate = float(self.success.float().mean()) if n else float("nan")
+        low, high = wilson(int(self.success.sum()), n)
+        return {
+            "success": rate,
+            "success_low": low,
+            "success_high": high,
+            "distance": float(self.distance.mean()),
+            "effort": float(self.effort.mean()),
+            "smoothness": float(self.smoothness.mean()),
+            "seconds_per_episode": self.seconds,
+        }
+
+
+Planner = Callable[[Tensor, int, int], Tensor]  # (positions (E, 2), horizon, seed) -> (E, H, 2)
+
+
+def run_episodes(
+    planner: Planner | None,
+    env: TwoRoomsSpec,
+    spec: PlanningSpec,
+    tasks: Episodes,
+    mode: str,
+    seed: int,
+) -> Outcome:
+    """Execute a planner's actions in the true simulator. ``mode`` 'receding' replans every
+    ``replan_every`` steps with ``horizon``; 'open_loop' plans all ``max_steps`` at once.
+    ``planner`` None: uniformly random displacements (the random baseline)."""
+    pos = tasks.starts.clone()
+    e = pos.shape[0]
+    executed: list[Tensor] = []
+    seconds = 0.0
+    generator = torch.Generator().manual_seed(seed)
+    every = spec.max_steps if mode == "open_loop" else spec.replan_every
+    horizon = spec.max_steps if mode == "open_loop" else spec.horizon
+    for start in range(0, spec.max_steps, every):
+        if planner is None:
+            angle = torch.rand(e, every, generator=generator) * 2 * math.pi
+            size = env.max_step * torch.rand(e, every, generator=generator).sqrt()
+            plan = torch.stack([angle.cos(), angle.sin()], -1) * size.unsqueeze(-1)
+        else:
+            began = time.perf_counter()
+            # the goal is judged at the episode's end: never plan past it
+            plan = planner(pos, min(horizon, spec.max_steps - start), seed + start)
+            seconds += time.perf_counter() - began
+        for k in range(min(every, plan.shape[1], spec.max_steps - start)):
+            pos = tworooms.step(pos, plan[:, k], env)
+            executed.append(tworooms.clip_actions(plan[:, k], env.max_step))
+    actions = torch.stack(executed, 1)  # (E, T, 2)
+    distance = (pos - tasks.goals).norm(dim=-1)
+    return Outcome(
+        success=distance <= env.success_radius,
+        distance=distance,
+        effort=actions.square().sum((1, 2)),
+        smoothness=(actions[:, 1:] - actions[:, :-1]).square().sum((1, 2)),
+        seconds=seconds / max(e, 1),
+    )
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95 % interval of a success rate; (nan, nan) for n = 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def mcnemar(a: Tensor, b: Tensor) -> float:
+    """Exact McNemar p-value (two-sided binomial on the discordant pairs) of paired successes."""
+    from scipy.stats import binomtest
+
+    only_a = int((a & ~b).sum())
+    only_b = int((b & ~a).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
