@@ -356,6 +356,8 @@ def status(
         out.print(failures_table(failures), highlight=False)
     out.print(front_table(front, session))
     out.print(volume_line(session, volume, found.hypervolume_ci), highlight=False)
+    for warning in sr.warnings(session, found):
+        out.print(f"warning: {warning}", highlight=False)
 
 
 def export(
@@ -373,14 +375,23 @@ def export(
         Path | None, typer.Option("--output", "-o", help="File (default: stdout).")
     ] = None,
     all_configs: Annotated[
-        bool, typer.Option("--all", help="Every configuration, not only the Pareto front.")
+        bool,
+        typer.Option(
+            "--all", help="Every configuration and every failed trial with its reason and retry."
+        ),
+    ] = False,
+    front_only: Annotated[
+        bool, typer.Option("--front", help="The Pareto front alone (default for a search).")
     ] = False,
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """The Pareto-front table (means with 95 % CIs over seeds, paired comparisons with Holm
-    p-values, front probabilities) in a file format; --all: every configuration, and every failed
-    trial with its reason and retry."""
+    """The study's table: a grid study's every configuration (front membership a column), a
+    search's Pareto front. md and latex are paper tables (mean ± 95 % CI (n), accuracies in %,
+    differences in pp, human headers, no run ids); csv, json and parquet keep the logged values
+    (fractions) under their metric names for machines. Metadata (json, parquet, the caption)
+    names the study, the seeds, the test, and says when the study is unfinished or n is
+    unequal."""
     from jepa_lab.cli.tables import volume_line
     from jepa_lab.study import export as ex
     from jepa_lab.study import results as sr
@@ -395,13 +406,22 @@ def export(
     session = _session(plan, storage, tracking_uri, create=False)
     found = sr.tables(session)
     volume = found.hypervolume
-    rows = ex.export_table(
-        found.summary if all_configs else found.front,
-        plan.spec.objectives,
-        sr.setting_keys(plan),
-        found.trials if all_configs else None,  # --all: the failed trials and their reasons too
-    )
-    text = ex.render(rows, chosen, sr.export_meta(session, found), output)
+    if all_configs and front_only:
+        fail("--all and --front: choose one")
+    every = all_configs or (plan.spec.grid is not None and plan.spec.search is None)
+    chosen_rows = found.front if front_only or not every else found.summary
+    front_ids = set(found.front["config_id"]) if not found.front.empty else set()
+    objectives, params = plan.spec.objectives, sr.setting_keys(plan)
+    if chosen in ("md", "latex"):
+        rows = ex.paper_table(chosen_rows, objectives, params, front_ids)
+    else:
+        # --all: the failed trials and their reasons too
+        rows = ex.export_table(chosen_rows, objectives, params,
+                               found.trials if all_configs else None, front_ids)  # fmt: skip
+    meta = sr.export_meta(session, found)
+    for warning in meta["warnings"]:
+        print(f"warning: study {plan.name}: {warning}", file=sys.stderr)
+    text = ex.render(rows, chosen, meta, output)
     if text is not None:
         sys.stdout.write(text)
         print(volume_line(session, volume), file=sys.stderr)

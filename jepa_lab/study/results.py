@@ -122,10 +122,15 @@ def export_meta(session: Session, found: Tables) -> dict[str, Any]:
     """What every exported table is read with: the study, objectives, reference point, the
     hypervolume with its bootstrap interval over seeds, and its history over trials."""
     from jepa_lab.study import pareto
+    from jepa_lab.study.quantities import units
 
     objectives = session.plan.spec.objectives
     return {
         "study": session.plan.name,
+        "seeds": seeds(found),
+        "finished": not unfinished(session),
+        "warnings": warnings(session, found),
+        "units": units(),
         "objectives": [f"{o.metric} ({o.direction})" for o in objectives],
         "reference_point": [o.reference for o in objectives],
         "hypervolume": found.hypervolume,
@@ -133,6 +138,34 @@ def export_meta(session: Session, found: Tables) -> dict[str, Any]:
         "hypervolume_resamples": pareto.RESAMPLES,
         "hypervolume_history": [[t, v] for t, v in found.history],
     }
+
+
+def seeds(found: Tables) -> list[int]:
+    """The seeds of the complete trials."""
+    trials = found.trials
+    if trials.empty or "seed" not in trials:
+        return []
+    done = trials[trials["state"] == "COMPLETE"]["seed"].dropna()
+    return sorted({int(s) for s in done})
+
+
+def unfinished(session: Session) -> str:
+    """``unfinished: 3 of 8 trials finished`` while trials remain or run, else ``""``."""
+    from jepa_lab.study.runner import is_complete, n_finished
+
+    if is_complete(session):
+        return ""
+    return f"unfinished: {n_finished(session)} of {session.plan.spec.n_trials} trials finished"
+
+
+def warnings(session: Session, found: Tables) -> list[str]:
+    """What a reader of a table or plot must know: an unfinished study, unequal n."""
+    found_warnings = [w for w in [unfinished(session)] if w]
+    summary = found.summary
+    if not summary.empty and summary["n"].nunique() > 1:
+        low, high = int(summary["n"].min()), int(summary["n"].max())
+        found_warnings.append(f"configurations have unequal n ({low} to {high} seeds)")
+    return found_warnings
 
 
 def finalize(session: Session) -> None:

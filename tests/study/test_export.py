@@ -279,7 +279,7 @@ def test_every_format_round_trips(fmt: str, tmp_path: Path) -> None:
         assert data["rows"][0]["p_vs_ema"] is None  # NaN becomes null
     else:
         text = path.read_text()
-        assert "hypervolume 1.5" in text and "diag/pred" in text
+        assert "Hypervolume 1.5" in text and "diag/pred" in text
 
 
 def test_plots_are_written(tmp_path: Path) -> None:
@@ -292,3 +292,44 @@ def test_plots_are_written(tmp_path: Path) -> None:
         assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match=r"png or an \.html"):
         pareto_plot.plot(table, front, MIN_MIN, tmp_path / "p.pdf", "title")
+
+
+def test_the_paper_table_golden() -> None:
+    """Toy study, known values: ema probe 0.70/0.72/0.71 -> mean 71.0 %, half-width of the t CI
+    t(0.975, 2) x 0.01 / sqrt(3) = 2.48 pp; gains in pp; human headers; no run ids, no NaN."""
+    params = ["strategy.kind", "mask.ratio"]
+    table = export.aggregate(export.trials_frame(rows()), MIN_MIN, params)
+    front_ids = {"cfg-ema"}
+    paper = export.paper_table(table, MIN_MIN, params, front_ids)
+    ema = paper.set_index("strategy").loc["ema"]
+    assert ema["probe acc. (%)"] == "71.0 ± 2.5 (3)"
+    assert ema["random-init probe acc. (%)"] == "61.0 ± 2.5 (3)"
+    assert ema["Δ probe acc. vs random init (pp)"] == "+10.0 ± 2.5 (3)"
+    assert ema["Δ probe acc. vs ema (pp)"] == "–"  # no NaN: a dash
+    assert list(paper["Pareto front"]) == ["yes", "no"]  # every configuration, membership a column
+    meta = {"study": "toy_study", "seeds": [0, 1, 2], "hypervolume": 1.5,
+            "reference_point": [2.0, 100.0], "objectives": ["a (minimize)"],
+            "warnings": ["unfinished: 6 of 8 trials finished"]}  # fmt: skip
+    tex = export.render(paper, "latex", meta)
+    assert tex is not None
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert "nan" not in tex.lower() and "run0" not in tex and "cfg-" not in tex
+    assert r"71.0 $\pm$ 2.5 (3)" in tex and r"probe acc. (\%)" in tex
+    assert r"\caption{Study toy\_study" in tex and "3 seeds (0, 1, 2)" in tex
+    assert "paired t-test" in tex and "Holm" in tex
+    assert "WARNING: unfinished: 6 of 8 trials finished" in tex
+    md = export.render(paper, "md", meta)
+    assert md is not None and "probe acc. (%)" in md and "WARNING: unfinished" in md
+
+
+def test_machine_formats_carry_front_membership_and_units(tmp_path: Path) -> None:
+    params = ["strategy.kind"]
+    table = export.aggregate(export.trials_frame(rows()), MIN_MIN, params)
+    out = export.export_table(table, MIN_MIN, params, front_ids={"cfg-ema"})
+    assert list(out["on_front"]) == [True, False] and len(out) == 2  # nothing silently dropped
+    from jepa_lab.study.quantities import units
+
+    meta = {"study": "s", "units": units(), "finished": False, "warnings": ["unfinished"]}
+    export.render(out, "json", meta, tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["finished"] is False and data["units"]["eval/probe_acc"] == "fraction"
