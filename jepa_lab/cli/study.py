@@ -433,31 +433,49 @@ def plot(
     study_file: StudyArg,
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="pareto.png (static) or pareto.html (interactive)."),
+        typer.Option(
+            "--output", "-o", help="pareto.png, .svg, .pdf (static) or .html (interactive)."
+        ),
     ] = Path("pareto.png"),
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind", help="pareto (configurations and front) or curves (probe against images)."
+        ),
+    ] = "pareto",
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """Plot the configurations and their Pareto front (PNG or interactive HTML)."""
+    """Plot the configurations (mean with 95 % CI over seeds, each seed faintly) and their
+    Pareto front, or --kind curves: the probe curve of every run (accuracy against training
+    images, logged every eval.every steps). HTML files share one plotly.min.js beside them."""
     from jepa_lab.cli.tables import volume_line
     from jepa_lab.study import plot as pareto_plot
     from jepa_lab.study import results as sr
 
-    if output.suffix.lower() not in (".png", ".html"):
-        fail(f"{output}: plot to a .png or an .html file")
+    if output.suffix.lower() not in pareto_plot.SUFFIXES:
+        fail(f"{output}: plot to a .png, .svg, .pdf or an .html file")
+    if kind not in ("pareto", "curves"):
+        fail(f"--kind {kind!r}: expected pareto or curves")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
     found = sr.tables(session)
     summary, front, volume = found.summary, found.front, found.hypervolume
     if summary.empty:
         fail(f"study {plan.name} has no complete trial yet: nothing to plot")
-    pareto_plot.plot(
-        summary,
-        front,
-        plan.spec.objectives,
-        output,
-        f"{plan.name} ({volume_line(session, volume)})",
-    )
+    warnings = sr.warnings(session, found)
+    for warning in warnings:
+        print(f"warning: study {plan.name}: {warning}", file=sys.stderr)
+    if kind == "curves":
+        curves = sr.probe_curves(session)
+        if not curves:
+            fail(f"study {plan.name}: no run logged a probe curve (set eval.every)")
+        pareto_plot.plot_curves(curves, output, f"{plan.name}: probe curves")
+    else:
+        pareto_plot.plot(
+            summary, front, plan.spec.objectives, output,
+            f"{plan.name} ({volume_line(session, volume)})", found.trials, warnings,
+        )  # fmt: skip
     print(f"wrote {output}")
 
 

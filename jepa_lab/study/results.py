@@ -168,6 +168,24 @@ def warnings(session: Session, found: Tables) -> list[str]:
     return found_warnings
 
 
+def probe_curves(session: Session) -> dict[str, tuple[str, list[tuple[float, float]]]]:
+    """Run name -> (strategy, [(training images, probe accuracy)]) of the study's complete
+    trials, from their MLflow ``curve/probe_acc`` histories (steps x the batch size)."""
+    curves: dict[str, tuple[str, list[tuple[float, float]]]] = {}
+    with mlflow_client(session.uri) as client:
+        for row in trial_rows(session):
+            run_id = row.get("mlflow_run_id")
+            if row.get("state") != "COMPLETE" or not run_id:
+                continue
+            run = client.get_run(run_id)
+            history = client.get_metric_history(run_id, "curve/probe_acc")
+            batch = float(run.data.params.get("optim.batch_size", 1))
+            points = sorted((m.step * batch, m.value) for m in history)
+            if points:
+                curves[run.info.run_name or run_id] = (str(row.get("strategy")), points)
+    return curves
+
+
 def finalize(session: Session) -> None:
     """Study-level artifacts on the parent run: the Pareto table (CSV), the per-configuration
     summary, the plots (PNG, HTML) and the study file; the hypervolume as a metric."""
@@ -190,8 +208,9 @@ def finalize(session: Session) -> None:
             export.export_table(summary, objectives, params), "csv", meta, folder / "summary.csv"
         )
         if not summary.empty:
-            for name in ("pareto.png", "pareto.html"):
-                pareto_plot.plot(summary, front, objectives, folder / name, session.plan.name)
+            for name in ("pareto.png", "pareto.svg", "pareto.html"):
+                pareto_plot.plot(summary, front, objectives, folder / name, session.plan.name,
+                                 found.trials, meta["warnings"])  # fmt: skip
         (folder / session.plan.path.name).write_text(session.plan.text)
         for path in sorted(folder.iterdir()):
             client.log_artifact(session.parent_run_id, str(path), "study")

@@ -287,11 +287,73 @@ def test_plots_are_written(tmp_path: Path) -> None:
     table["front_prob"] = [1.0, 0.5]  # sigreg's membership uncertain: marked in the plot
     assert "diag/sigreg_pooled lo" in table  # error bars from the CIs
     front = export.front(table, MIN_MIN)
-    for name in ("p.png", "p.html"):
+    for name in ("p.png", "p.svg", "p.pdf", "p.html"):
         path = pareto_plot.plot(table, front, MIN_MIN, tmp_path / name, "title")
         assert path.stat().st_size > 1000
-    with pytest.raises(ValueError, match=r"png or an \.html"):
-        pareto_plot.plot(table, front, MIN_MIN, tmp_path / "p.pdf", "title")
+    assert (tmp_path / "plotly.min.js").is_file()  # plotly once, beside the HTML
+    assert (tmp_path / "p.html").stat().st_size < 100_000  # not inlined per plot
+    with pytest.raises(ValueError, match=r"\.pdf or an \.html"):
+        pareto_plot.plot(table, front, MIN_MIN, tmp_path / "p.txt", "title")
+
+
+ACC = [
+    ObjectiveSpec(metric="eval/probe_acc", direction="maximize", reference=0.0),
+    ObjectiveSpec(metric="diag/pred_loss", direction="minimize", reference=2.0),
+]
+
+
+def test_the_plot_reads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Axes labels with units, one series per strategy in its colour, error bars, faint seeds,
+    baseline reference lines, a widened narrow axis said so; the same in plotly."""
+    from matplotlib.figure import Figure
+
+    trials = export.trials_frame(rows())
+    table = export.aggregate(trials, ACC, ["strategy.kind"])
+    front = export.front(table, ACC)
+    saved: list[Figure] = []
+    original = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda f, *a, **k: (saved.append(f), original(f, *a, **k))
+    )
+    pareto_plot.plot(table, front, ACC, tmp_path / "p.png", "toy", trials, ["unfinished: 6 of 8"])
+    [axes] = saved[0].axes
+    assert axes.get_xlabel() == "probe acc. (%), max"
+    assert axes.get_ylabel() == "prediction error (MSE), min"
+    bars = {c.get_label(): c for c in axes.containers}
+    assert set(bars) == {"ema", "sigreg"}
+    ema = bars["ema"]
+    assert ema.has_xerr and ema.has_yerr
+    assert ema.lines[0].get_xdata()[0] == pytest.approx(71.0)  # percent
+    assert ema.lines[0].get_color() == pareto_plot.COLOURS["ema"]
+    seeds = [c for c in axes.collections if c.get_label() == "_seeds"]
+    assert len(seeds) == 2 and all(c.get_alpha() == 0.25 for c in seeds)
+    assert len(seeds[0].get_offsets()) == 3  # one faint point per seed
+    lines = {ln.get_label(): ln for ln in axes.lines}
+    assert lines["random init (baseline)"].get_xdata()[0] == pytest.approx(61.0)
+    low, high = axes.get_ylim()  # pred_loss 0.5 and 0.6: wide enough, no widening needed
+    assert high - low >= 0.1 * 0.6
+    assert "unfinished: 6 of 8" in saved[0].get_suptitle()
+    pareto_plot.plot(table, front, ACC, tmp_path / "p.html", "toy", trials)
+    html = (tmp_path / "p.html").read_text()
+    assert 'src="plotly.min.js"' in html and (tmp_path / "plotly.min.js").is_file()
+    raw = html[html.index("Plotly.newPlot(") :]
+    assert '"name":"ema"' in raw and pareto_plot.COLOURS["sigreg"] in raw
+    assert '"error_x":{"array"' in raw.replace(" ", "") or '"error_x":{"type"' in raw.replace(
+        " ", ""
+    )
+    assert "probe acc. (%), max" in raw
+
+
+def test_a_narrow_axis_is_widened_and_said_so() -> None:
+    low, high, widened = pareto_plot.axis_range(np.array([71.0, 71.4]), "eval/probe_acc")
+    assert widened and high - low == pytest.approx(pareto_plot.MIN_SPAN_PCT)
+    assert pareto_plot.axis_range(np.array([60.0, 80.0]), "eval/probe_acc")[2] is False
+
+
+def test_probe_curves_plot(tmp_path: Path) -> None:
+    curves = {"ema-s0": ("ema", [(0.0, 0.3), (512.0, 0.5)]), "sigreg-s0": ("sigreg", [(0.0, 0.3)])}
+    for name in ("c.png", "c.html"):
+        assert pareto_plot.plot_curves(curves, tmp_path / name, "curves").is_file()
 
 
 def test_the_paper_table_golden() -> None:
