@@ -4,6 +4,7 @@ so ``jepa-lab --help`` stays fast. Bad input ends in one line per problem on std
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+import jepa_lab.cli.help  # noqa: F401  (flags show no <bool> on --help)
 from jepa_lab.cli.options import (
     CompileOption,
     DataDirOption,
@@ -35,14 +37,43 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            print(f"jepa-lab {metadata.version('jepa-lab')}")
+        except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+            print("jepa-lab (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 runs_app = typer.Typer(help="Browse the runs logged to MLflow.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 
 def load_spec(path: Path, overrides: list[str] | None) -> AnySpec:
     from jepa_lab.spec.load import SpecError, load_any
+    from jepa_lab.spec.plan import is_study_file
 
     try:
+        if is_study_file(path):
+            fail(f"{path} is a study file (it has base:), not an experiment spec: run it with "
+                 f"`jepa-lab run {path}`")  # fmt: skip
         return load_any(path, overrides or [])
     except SpecError as exc:
         fail(exc.messages)
@@ -89,7 +120,14 @@ def train(
     compile: CompileOption = False,
     precision: PrecisionOption = None,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between checkpoints.")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write result here.")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Also write the result here ('-': stdout; the summary then goes to stderr).",
+            metavar="FILE|-",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     tracking_uri: TrackingUriOption = None,
     track: Annotated[
@@ -109,6 +147,14 @@ def train(
     """Pre-train one experiment, evaluate it, print a summary table and log it to MLflow."""
     if (spec_file is None) == (from_run is None):
         fail("give a SPEC_FILE or --from-run RUN_ID (exactly one)")
+    if progress and os.environ.get("RANK", "0") == "0":  # before torch and MLflow load (seconds)
+        where = tracking_uri or "the local store" if track else "no tracking"
+        print(
+            f"jepa-lab train {spec_file or 'run ' + str(from_run)}: device {device or 'auto'}, "
+            f"{where}; loading...",
+            file=sys.stderr,
+            flush=True,
+        )
     from jepa_lab.cli.launch import launch, under_launcher, without_option
 
     if nproc > 1 and not under_launcher():
@@ -130,15 +176,22 @@ def train(
     from jepa_lab.training.loop import train as run_training
 
     warn_if_loaded()  # a busy host: its img/s are not comparable
+    explicit_dir = run_dir is not None
     run_dir = run_dir or Path("runs") / f"{spec.name}-{spec.digest()}"
+    if not resume and main_rank and _holds_run(run_dir):
+        fail(
+            f"{run_dir} already holds a run of this spec: continue it with --resume, or keep "
+            f"both with --run-dir {'ANOTHER_DIR' if explicit_dir else str(run_dir) + '-2'}"
+        )
     options = TrainOptions(
         device=device, data_dir=data_dir, run_dir=run_dir, resume=resume, compile=compile,
         checkpoint_every=checkpoint_every, precision=precision,
     )  # fmt: skip
     stopped: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
     failed: tuple[type[BaseException], ...] = (DataError, CheckpointError)
-    tracking = None
+    tracking, reopen = None, None
     if track and uri:
+        from jepa_lab.track.names import train_run_name
         from jepa_lab.track.store import TrackingError, prepare_store
         from jepa_lab.track.writer import Terminated, Tracking
 
@@ -147,17 +200,20 @@ def train(
         try:
             name = experiment or spec.name
             tracking = Tracking(uri, prepare_store(uri, name), experiment=name, tags=tags)
-        except TrackingError as exc:
+            if resume:
+                reopen = _run_to_continue(tracking, run_dir)
+        except (TrackingError, CheckpointError) as exc:
             fail(str(exc))
     try:
         with (
-            tracking.run(f"{spec.name}-seed{spec.seed}")
+            tracking.run(train_run_name(spec), reopen=reopen)
             if tracking
             else contextlib.nullcontext() as logger,
             ProgressReporter(enabled=progress and main_rank) as reporter,
         ):
             if logger is not None:
                 logger.log_spec(spec)
+                options = dataclasses.replace(options, run_id=logger.run_id)
 
             def log(metrics: Mapping[str, float], step: int) -> None:
                 reporter.log(metrics, step)
@@ -170,7 +226,9 @@ def train(
             data = result.to_dict()
             write_json(run_dir / "result.json", data)
             if logger is not None:
+                reporter.progress("logging", 0, 1)
                 logger.log_result(result, run_dir)
+                reporter.progress("logging", 1, 1)
     except failed as exc:
         fail(str(exc))
     except TrainingError as exc:
@@ -179,14 +237,53 @@ def train(
         interrupt = isinstance(exc, KeyboardInterrupt)
         ended = tracking.ended("KILLED") if tracking else ""
         fail(
-            f"{'interrupted' if interrupt else 'terminated'}{ended}", code=130 if interrupt else 143
+            f"{'interrupted' if interrupt else 'terminated'}{ended}; {_resume_hint(run_dir)}",
+            code=130 if interrupt else 143,
         )
-    if json_out is not None:
+    to_stdout = json_out is not None and str(json_out) == "-"
+    if to_stdout:
+        print(json.dumps(data, indent=2), flush=True)
+    elif json_out is not None:
         write_json(json_out, data)
-    print_summary(result)
-    print(f"result: {run_dir / 'result.json'}")
+    out = sys.stderr if to_stdout else sys.stdout  # stdout is the JSON alone
+    print_summary(result, stderr=to_stdout)
+    print(f"result: {run_dir / 'result.json'}", file=out)
     if tracking is not None:
-        print(f"mlflow: {tracking.where()}")
+        print(f"mlflow: {tracking.where()}", file=out)
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / "checkpoint.pt").is_file() or (run_dir / "result.json").is_file()
+
+
+def _run_to_continue(tracking: Any, run_dir: Path) -> str | None:
+    """The MLflow run a resumed training continues: the one its checkpoint names, if it is in
+    this experiment (else a new run, with a warning)."""
+    from jepa_lab.training.checkpoint import saved_run_id
+
+    run_id = saved_run_id(run_dir / "checkpoint.pt")
+    if run_id is None:
+        return None
+    if not tracking.has_run(run_id):
+        print(
+            f"warning: the checkpoint's MLflow run {run_id} is not in experiment "
+            f"{tracking.experiment!r} of this store: logging the rest to a new run",
+            file=sys.stderr,
+        )
+        return None
+    return run_id
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """How to continue an interrupted ``train``: its own command line with --resume."""
+    import shlex
+
+    if not (run_dir / "checkpoint.pt").is_file():
+        return "no checkpoint yet: add --checkpoint-every N to make a run resumable"
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    if "--run-dir" not in args and not any(a.startswith("--run-dir=") for a in args):
+        args += ["--run-dir", str(run_dir)]
+    return f"continue with: {shlex.join(['jepa-lab', *args, '--resume'])}"
 
 
 @app.command()

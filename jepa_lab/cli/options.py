@@ -17,8 +17,25 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option("--data-dir", envvar="JEPA_LAB_DATA", help="Where datasets are looked for first."),
 ]
+DEVICES = r"^(cpu|mps|cuda(:\d+)?)$"  # what every command's --device accepts
+
+
+def _device(value: str | None) -> str | None:
+    import re
+
+    if value is not None and not re.match(DEVICES, value):
+        raise typer.BadParameter(f"{value!r}: expected cpu, cuda, cuda:N or mps")
+    return value
+
+
 DeviceOption = Annotated[
-    str | None, typer.Option(help="cpu, cuda, cuda:1, mps (default: auto).", show_default=False)
+    str | None,
+    typer.Option(
+        help="cpu, cuda, cuda:N or mps (default: auto: CUDA, then MPS, then CPU).",
+        show_default=False,
+        metavar="cpu|cuda[:N]|mps",
+        callback=_device,
+    ),
 ]
 # jepa_lab.training.precision.Precision, restated: importing that module would load torch
 PrecisionChoice = Literal["auto", "fp32", "bf16"]
@@ -62,7 +79,10 @@ StorageOption = Annotated[
     ),
 ]
 FailFastOption = Annotated[
-    bool, typer.Option("--fail-fast", help="Stop at the first failed trial instead of going on.")
+    bool,
+    typer.Option(
+        "--fail-fast/--no-fail-fast", help="Stop at the first failed trial instead of going on."
+    ),
 ]
 
 

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 class ProgressReporter:
-    """One bar per phase ("train", "evaluate"); the train bar shows loss and images/s."""
+    """One bar per phase ("train", "eval features", "eval probe", ..., "logging"); the train
+    bar shows loss and images/s."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.bar = Progress(
@@ -53,9 +54,12 @@ class ProgressReporter:
         self.bar.stop()
 
     def progress(self, phase: str, done: int, total: int) -> None:
+        """One bar per phase; only the train bar shows the loss and throughput (an evaluation
+        phase would show stale training numbers)."""
         if phase not in self.tasks:
             self.tasks[phase] = self.bar.add_task(phase, total=total, info="")
-        self.bar.update(self.tasks[phase], completed=done, total=total, info=self.info)
+        info = self.info if phase == "train" else ""
+        self.bar.update(self.tasks[phase], completed=done, total=total, info=info)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if "train/loss" in metrics:
@@ -133,7 +137,7 @@ def world_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
     return rows
 
 
-def print_summary(result: TrainResult) -> None:
+def print_summary(result: TrainResult, stderr: bool = False) -> None:
     table = Table(
         title=f"{result.spec.name} ({result.spec.strategy.kind}, seed {result.spec.seed})"
     )
@@ -146,4 +150,4 @@ def print_summary(result: TrainResult) -> None:
     table.add_row("throughput", f"{result.images_per_second:.0f} img/s")
     facts = result.provenance
     table.add_row("device, precision", f"{facts.get('device')}, {facts.get('precision', 'fp32')}")
-    Console().print(table)
+    Console(stderr=stderr).print(table)

@@ -36,9 +36,12 @@ if TYPE_CHECKING:
 
 def _plan(path: Path) -> StudyPlan:
     from jepa_lab.spec.load import SpecError
-    from jepa_lab.spec.plan import load_study
+    from jepa_lab.spec.plan import is_study_file, load_study
 
     try:
+        if path.is_file() and not is_study_file(path):
+            fail(f"{path} is an experiment spec (no base:), not a study file: train it with "
+                 f"`jepa-lab train {path}`")  # fmt: skip
         return load_study(path)
     except SpecError as exc:
         fail(exc.messages)
@@ -64,15 +67,30 @@ def _session(
         fail(str(exc))
 
 
-def _line(outcome: Outcome, session: Session) -> str:
+def _line(outcome: Outcome, session: Session, eta: str = "") -> str:
+    """One finished trial: its number and run name (strategy, differing settings, seed)."""
+    named = f"trial {outcome.number}" + (f" {outcome.name}" if outcome.name else "")
     if outcome.state != "COMPLETE":
-        return f"trial {outcome.number} {outcome.state}: {outcome.error}"
+        return f"{named} {outcome.state}: {outcome.error}{eta}"
     assert outcome.values is not None
     values = "  ".join(
         f"{o.metric}={v:.4g}"
         for o, v in zip(session.plan.spec.objectives, outcome.values, strict=True)
     )
-    return f"trial {outcome.number} COMPLETE  {values}  ({outcome.seconds:.1f} s)"
+    return f"{named} COMPLETE  {values}  ({outcome.seconds:.1f} s){eta}"
+
+
+def _eta(finished: int, total: int, began: float, done_here: int) -> str:
+    """``  [3/8 trials, ETA 2m10s]``: the remaining trials at the pace of those finished here."""
+    import time
+
+    if done_here == 0 or finished >= total:
+        return f"  [{finished}/{total} trials]"
+    seconds = (time.monotonic() - began) / done_here * (total - finished)
+    minutes, rest = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    shown = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{rest:02d}s"
+    return f"  [{finished}/{total} trials, ETA {shown}]"
 
 
 def _parse_gpus(gpus: str | None) -> list[int] | None:
@@ -153,6 +171,14 @@ def run(
         _check_gpus(gpu_ids)
         device = "cuda"  # never a silent fallback to the CPU
     count = workers or (len(gpu_ids) if gpu_ids else 1)
+    if progress:  # before Optuna, MLflow and torch load (seconds)
+        print(
+            f"jepa-lab run {study_file}: {count} worker{'s' * (count > 1)}, storage "
+            f"{storage or 'beside the tracking store'}, tracking "
+            f"{tracking_uri or 'the local store'}; loading...",
+            file=sys.stderr,
+            flush=True,
+        )
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=True)
     console = Console(stderr=True)
@@ -204,6 +230,8 @@ def _end(session: Session, status: str) -> None:
 
 
 def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
+    import time
+
     from jepa_lab.cli.tables import trials_bar
     from jepa_lab.data.files import DataError
     from jepa_lab.study import runner as st
@@ -222,12 +250,17 @@ def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
                 phases[phase] = bar.add_task(f"  {phase}", total=total)
             bar.update(phases[phase], completed=done, total=total)
 
+        began, done_here = time.monotonic(), []
+
         def echo(outcome: Outcome) -> None:
             for task in phases.values():
                 bar.remove_task(task)
             phases.clear()
-            bar.console.print(_line(outcome, session), highlight=False)
-            bar.update(trials, completed=st.n_finished(session))
+            done_here.append(outcome.number)
+            finished, total = st.n_finished(session), session.plan.spec.n_trials
+            eta = _eta(finished, total, began, len(done_here))
+            bar.console.print(_line(outcome, session, eta), highlight=False)
+            bar.update(trials, completed=finished, description=f"trials{eta.split(',')[-1]}")
 
         try:
             with registered() if options.share_cores else contextlib.nullcontext():
@@ -351,6 +384,8 @@ def status(
     out.print(front_table(front, session))
     out.print(volume_line(session, volume, found.hypervolume_ci), highlight=False)
     warn_precisions(session)
+    for warning in sr.warnings(session, found):
+        out.print(f"warning: {warning}", highlight=False)
 
 
 def export(
@@ -368,14 +403,23 @@ def export(
         Path | None, typer.Option("--output", "-o", help="File (default: stdout).")
     ] = None,
     all_configs: Annotated[
-        bool, typer.Option("--all", help="Every configuration, not only the Pareto front.")
+        bool,
+        typer.Option(
+            "--all", help="Every configuration and every failed trial with its reason and retry."
+        ),
+    ] = False,
+    front_only: Annotated[
+        bool, typer.Option("--front", help="The Pareto front alone (default for a search).")
     ] = False,
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """The Pareto-front table (means with 95 % CIs over seeds, paired comparisons with Holm
-    p-values, front probabilities) in a file format; --all: every configuration, and every failed
-    trial with its reason and retry."""
+    """The study's table: a grid study's every configuration (front membership a column), a
+    search's Pareto front. md and latex are paper tables (mean ± 95 % CI (n), accuracies in %,
+    differences in pp, human headers, no run ids); csv, json and parquet keep the logged values
+    (fractions) under their metric names for machines. Metadata (json, parquet, the caption)
+    names the study, the seeds, the test, and says when the study is unfinished or n is
+    unequal."""
     from jepa_lab.cli.tables import volume_line
     from jepa_lab.study import export as ex
     from jepa_lab.study import results as sr
@@ -390,13 +434,22 @@ def export(
     session = _session(plan, storage, tracking_uri, create=False)
     found = sr.tables(session)
     volume = found.hypervolume
-    rows = ex.export_table(
-        found.summary if all_configs else found.front,
-        plan.spec.objectives,
-        sr.setting_keys(plan),
-        found.trials if all_configs else None,  # --all: the failed trials and their reasons too
-    )
-    text = ex.render(rows, chosen, sr.export_meta(session, found), output)
+    if all_configs and front_only:
+        fail("--all and --front: choose one")
+    every = all_configs or (plan.spec.grid is not None and plan.spec.search is None)
+    chosen_rows = found.front if front_only or not every else found.summary
+    front_ids = set(found.front["config_id"]) if not found.front.empty else set()
+    objectives, params = plan.spec.objectives, sr.setting_keys(plan)
+    if chosen in ("md", "latex"):
+        rows = ex.paper_table(chosen_rows, objectives, params, front_ids)
+    else:
+        # --all: the failed trials and their reasons too
+        rows = ex.export_table(chosen_rows, objectives, params,
+                               found.trials if all_configs else None, front_ids)  # fmt: skip
+    meta = sr.export_meta(session, found)
+    for warning in meta["warnings"]:
+        print(f"warning: study {plan.name}: {warning}", file=sys.stderr)
+    text = ex.render(rows, chosen, meta, output)
     if text is not None:
         sys.stdout.write(text)
         print(volume_line(session, volume), file=sys.stderr)
@@ -408,32 +461,100 @@ def plot(
     study_file: StudyArg,
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="pareto.png (static) or pareto.html (interactive)."),
+        typer.Option(
+            "--output", "-o", help="pareto.png, .svg, .pdf (static) or .html (interactive)."
+        ),
     ] = Path("pareto.png"),
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind", help="pareto (configurations and front) or curves (probe against images)."
+        ),
+    ] = "pareto",
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """Plot the configurations and their Pareto front (PNG or interactive HTML)."""
+    """Plot the configurations (mean with 95 % CI over seeds, each seed faintly) and their
+    Pareto front, or --kind curves: the probe curve of every run (accuracy against training
+    images, logged every eval.every steps). HTML files share one plotly.min.js beside them."""
     from jepa_lab.cli.tables import volume_line
     from jepa_lab.study import plot as pareto_plot
     from jepa_lab.study import results as sr
 
-    if output.suffix.lower() not in (".png", ".html"):
-        fail(f"{output}: plot to a .png or an .html file")
+    if output.suffix.lower() not in pareto_plot.SUFFIXES:
+        fail(f"{output}: plot to a .png, .svg, .pdf or an .html file")
+    if kind not in ("pareto", "curves"):
+        fail(f"--kind {kind!r}: expected pareto or curves")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
     found = sr.tables(session)
     summary, front, volume = found.summary, found.front, found.hypervolume
     if summary.empty:
         fail(f"study {plan.name} has no complete trial yet: nothing to plot")
-    pareto_plot.plot(
-        summary,
-        front,
-        plan.spec.objectives,
-        output,
-        f"{plan.name} ({volume_line(session, volume)})",
-    )
+    warnings = sr.warnings(session, found)
+    for warning in warnings:
+        print(f"warning: study {plan.name}: {warning}", file=sys.stderr)
+    if kind == "curves":
+        curves = sr.probe_curves(session)
+        if not curves:
+            fail(f"study {plan.name}: no run logged a probe curve (set eval.every)")
+        pareto_plot.plot_curves(curves, output, f"{plan.name}: probe curves")
+    else:
+        pareto_plot.plot(
+            summary, front, plan.spec.objectives, output,
+            f"{plan.name} ({volume_line(session, volume)})", found.trials, warnings,
+        )  # fmt: skip
     print(f"wrote {output}")
+
+
+def dashboard(
+    study_file: StudyArg,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (another than loopback needs --expose).")
+    ] = "127.0.0.1",
+    expose: Annotated[
+        bool,
+        typer.Option(
+            "--expose", help="Allow a --host other than loopback (the dashboard has no login)."
+        ),
+    ] = False,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Serve optuna-dashboard on the study's storage until Ctrl-C (read-only for journal files
+    and SQLite; safe while the study runs)."""
+    import importlib.util
+
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        fail("optuna-dashboard is not installed: pip install 'jepa-lab[dashboard]'")
+    if host not in ("127.0.0.1", "localhost", "::1") and not expose:
+        fail(
+            f"--host {host} would serve the study beyond this machine, and optuna-dashboard has "
+            "no authentication: add --expose to do it anyway, or keep the default 127.0.0.1"
+        )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: serving on {host}: anyone who reaches this port can read the study"
+            + (" and change it (PostgreSQL storage is writable)" if storage else ""),
+            file=sys.stderr,
+        )
+    plan = _plan(study_file)
+    session = _session(plan, storage, tracking_uri, create=False)
+    import optuna_dashboard
+
+    writable = session.storage.kind == "postgresql"
+    print(
+        f"optuna-dashboard: http://{host}:{port}/dashboard/studies  (study {plan.name}, storage "
+        f"{session.storage.shown}{'' if writable else ', read-only'}; Ctrl-C stops it)",
+        flush=True,
+    )
+    try:
+        optuna_dashboard.run_server(session.optuna_storage, host=host, port=port)
+    except KeyboardInterrupt:
+        print("stopping optuna-dashboard", file=sys.stderr)
+    except OSError as exc:
+        fail(f"port {port} on {host}: {exc.strerror or exc}: pick another with --port")
 
 
 def register(app: typer.Typer) -> None:
@@ -443,3 +564,4 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("export")(export)
     app.command("plot")(plot)
+    app.command("dashboard")(dashboard)

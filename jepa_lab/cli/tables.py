@@ -111,6 +111,7 @@ def front_table(front: Any, session: Session) -> Any:
     from rich.table import Table
 
     from jepa_lab.study.export import short
+    from jepa_lab.study.quantities import cell, header
     from jepa_lab.study.results import setting_keys
 
     params = [p for p in setting_keys(session.plan) if p != "strategy.kind"]
@@ -119,14 +120,18 @@ def front_table(front: Any, session: Session) -> Any:
         table.add_column(name)
     objectives = session.plan.spec.objectives
     for o in objectives:
-        table.add_column(f"{o.metric} ({short(o.direction)})", justify="right")
+        table.add_column(f"{header(o.metric)}, {short(o.direction)}", justify="right")
+
+    def shown(row: Any, metric: str) -> str:
+        return cell(metric, row[metric], row.get(f"{metric} lo"), row.get(f"{metric} hi"), row["n"])
+
     for _, row in front.iterrows():
         table.add_row(
             str(row["trial"]),
             str(row["config_id"]),
             str(row["strategy"]),
             *[_cell(row.get(p)) for p in params],
-            *[_fmt(row[o.metric], row.get(f"{o.metric} std"), int(row["n"])) for o in objectives],
+            *[shown(row, o.metric) for o in objectives],
         )
     return table
 

@@ -105,21 +105,30 @@ def _features(
 
 def _scores(prefix: str, features: Features, spec: ExperimentSpec, data: Dataset) -> dict:
     """Probe and kNN scores (floats) and the probe's test predictions (``pred/<prefix>probe``)."""
+    return _probe_scores(prefix, features, spec, data) | _knn_scores(prefix, features, spec, data)
+
+
+def _probe_scores(prefix: str, features: Features, spec: ExperimentSpec, data: Dataset) -> dict:
     index = probe_subset(len(data.train_labels), spec.eval.probe_train)
     train_y, test_y = data.train_labels.cpu()[index], data.test_labels.cpu()
     probe = fit_probe(features[0], train_y, features[1], test_y, spec.eval, PROBE_SEED, index)
-    knn = knn_accuracy(
-        features[0], train_y, features[1], test_y, spec.eval.knn_k, spec.data.n_classes
-    )
     return {
         f"eval/{prefix}probe_acc": probe.test_acc,
         f"eval/{prefix}probe_val_acc": probe.val_acc,
         f"eval/{prefix}probe_val_n": float(probe.val_size),
         f"eval/{prefix}probe_val_acc_ci": probe.val_ci,
         f"eval/{prefix}probe_l2": probe.l2,
-        f"eval/{prefix}knn_acc": knn,
         f"pred/{prefix}probe": encode_classes(probe.test_pred),
     }
+
+
+def _knn_scores(prefix: str, features: Features, spec: ExperimentSpec, data: Dataset) -> dict:
+    index = probe_subset(len(data.train_labels), spec.eval.probe_train)
+    train_y, test_y = data.train_labels.cpu()[index], data.test_labels.cpu()
+    knn = knn_accuracy(
+        features[0], train_y, features[1], test_y, spec.eval.knn_k, spec.data.n_classes
+    )
+    return {f"eval/{prefix}knn_acc": knn}
 
 
 def _cached(key: dict, compute: Callable[[], dict]) -> dict:
@@ -298,25 +307,34 @@ def evaluate(
     progress: Progress,
     predictions: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """All evaluation metrics of a trained model (``eval/*`` and ``diag/*``).
+    """All evaluation metrics of a trained model (``eval/*`` and ``diag/*``), reporting each
+    named phase (``eval features``, ``eval probe``, ``eval kNN``, ``eval diagnostics``, ``eval
+    baselines``) as 0 of 1, then 1 of 1.
 
     ``predictions``, if given, receives the per-image test predictions of the probes
     (:data:`PREDICTIONS`, as :func:`jepa_lab.eval.probe.encode_classes` text).
     """
     with _evaluating(model, strategy):
         encoder = strategy.eval_encoder(model.encoder)
-        progress("evaluate", 0, 3)
+        progress("eval features", 0, 1)
         features = _features(encoder, spec, data, device)
-        scores = _scores("", features, spec, data)
-        progress("evaluate", 1, 3)
+        progress("eval features", 1, 1)
+        progress("eval probe", 0, 1)
+        scores = _probe_scores("", features, spec, data)
+        progress("eval probe", 1, 1)
+        progress("eval kNN", 0, 1)
+        scores |= _knn_scores("", features, spec, data)
+        progress("eval kNN", 1, 1)
+        progress("eval diagnostics", 0, 1)
         scores |= diagnostics(spec, data, model, strategy, device)
-        progress("evaluate", 2, 3)
+        progress("eval diagnostics", 1, 1)
         if spec.eval.baselines:
+            progress("eval baselines", 0, 1)
             scores |= baselines(spec, data, device)
             scores["eval/gain_over_random"] = (
                 scores["eval/probe_acc"] - scores["eval/random_probe_acc"]
             )
-        progress("evaluate", 3, 3)
+            progress("eval baselines", 1, 1)
     if predictions is not None:
         scores["pred/labels"] = encode_classes(data.test_labels)
         predictions.update({k: scores[k] for k in PREDICTIONS if k in scores})

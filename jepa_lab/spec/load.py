@@ -309,10 +309,42 @@ def _display_loc(loc: Loc, data: Any) -> Loc:
     return tuple(shown)
 
 
+def _variant_hint(model: type[BaseModel], loc: Loc, data: Any) -> str:
+    """For a field of another variant of a tagged union (``strategy.lambda`` on an EMA spec):
+    which variant has it, else ''."""
+    if len(loc) < 2 or not isinstance(loc[-2], str) or loc[-2] not in UNION_TAGS:
+        return ""
+    section, tag, name = loc[-2], UNION_TAGS[loc[-2]], str(loc[-1])
+    parent = _model_at(model, loc[:-2], data)
+    field = None if parent is None else parent.model_fields.get(section)
+    if field is None:
+        return ""
+    having = [
+        value
+        for variant in _models_in(field.annotation)
+        if any(name in (n, f.alias) for n, f in variant.model_fields.items())
+        for value in typing.get_args(variant.model_fields[tag].annotation)
+    ]
+    if not having:
+        return ""
+    node: Any = data
+    for part in loc[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    current = node.get(tag) if isinstance(node, dict) else None
+    kinds = " or ".join(repr(h) for h in having)
+    return (
+        f"'{name}' is a field of {section} {tag} {kinds}, not {current!r}: set "
+        f"{section}.{tag}: {having[0]} to use it, or remove it"
+    )
+
+
 def _message(model: type[BaseModel], error: Any, data: Any, loc: Loc) -> str:
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
         owner = _model_at(model, loc[:-1], data)
+        variant = _variant_hint(model, loc, data)
+        if variant:
+            return variant
         if owner is not None:
             allowed = sorted(f.alias or n for n, f in owner.model_fields.items())
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)

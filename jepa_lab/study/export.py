@@ -320,14 +320,17 @@ def export_table(
     objectives: Sequence[ObjectiveSpec],
     params: Sequence[str],
     trials: pd.DataFrame | None = None,
+    front_ids: set[str] | None = None,
 ) -> pd.DataFrame:
-    """The exported columns: trial, config id, MLflow run id, objectives (direction in the
+    """The machine formats' columns (logged values: fractions for accuracies): trial, config id,
+    MLflow run id, objectives (direction in the
     header; std, 95 % CI (lo, hi) and n where seeds exist), the front probability, parameters,
     probe accuracies on test and validation with their CIs, and the paired comparisons (mean
     difference, CI over seeds, CI over test images, Holm p-value or why there is none), state.
     With ``trials`` (``trials_frame``; ``export --all``): a row per failed trial too, and the
     columns ``fail_reason``, ``retry_of`` (the failed trials a row's trials retry) and
-    ``retried_by`` (the trial that retried a failed one)."""
+    ``retried_by`` (the trial that retried a failed one). With ``front_ids``: ``on_front``, whether
+    each configuration is on the Pareto front."""
     seeded = not table.empty and int(table["n"].max()) > 1
     out = pd.DataFrame(index=table.index)
     out["trial"] = table.get("trial")
@@ -345,6 +348,8 @@ def export_table(
             out[f"{header} hi"] = table.get(f"{objective.metric} hi")
     if seeded:
         out["n"] = table.get("n")
+    if front_ids is not None:
+        out["on_front"] = [c in front_ids for c in table.get("config_id", [])]
     if "front_prob" in table:
         out["front_prob"] = table["front_prob"]
     for param in params:
@@ -429,10 +434,10 @@ def render(
     if fmt == "csv":
         text = table.to_csv(index=False)
     elif fmt == "md":
-        text = table.to_markdown(index=False, floatfmt=".4g") + "\n\n" + _note(meta) + "\n"
+        shown = table.astype(object).where(table.notna(), "–")
+        text = shown.to_markdown(index=False, floatfmt=".4g") + "\n\n" + caption(meta) + "\n"
     elif fmt == "latex":
-        caption = _note(meta).replace("_", r"\_")
-        text = table.to_latex(index=False, float_format="%.4g", caption=caption, escape=True)
+        text = latex(table, caption(meta), str(meta.get("study", "study")))
     elif fmt == "json":
         import json
 
@@ -467,13 +472,114 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def paper_table(
+    table: pd.DataFrame,
+    objectives: Sequence[ObjectiveSpec],
+    params: Sequence[str],
+    front_ids: set[str],
+) -> pd.DataFrame:
+    """``aggregate``'s table as a paper shows it (Markdown, LaTeX): one text column per
+    quantity, ``mean ± half-width of the 95 % CI (n)`` in its unit (% for accuracies, pp for
+    differences), human headers, front membership, the baselines, diagnostics and paired
+    comparisons (with the Holm p-value or why n allows no test); no trial or run ids, a dash
+    where there is no value."""
+    from jepa_lab.study.quantities import cell, header
+
+    out = pd.DataFrame(index=table.index)
+    out["strategy"] = table.get("strategy")
+    for param in params:
+        if param != "strategy.kind":
+            out[param] = [_text(v) for v in table.get(param, [])]
+    out["Pareto front"] = ["yes" if c in front_ids else "no" for c in table.get("config_id", [])]
+    metrics = [*dict.fromkeys([o.metric for o in objectives] + list(REPORTED))]
+    for metric in [m for m in metrics if m in table]:
+        out[header(metric)] = [
+            cell(metric, r[metric], r.get(f"{metric} lo"), r.get(f"{metric} hi"), r.get("n"))
+            for _, r in table.iterrows()
+        ]
+    for column in [c for c in table.columns if c.startswith("d_vs_") and " " not in c]:
+        name = column.removeprefix("d_vs_")
+        out[header(column)] = [
+            cell(column, r[column], r.get(f"{column} lo"), r.get(f"{column} hi"), r.get("n"))
+            for _, r in table.iterrows()
+        ]
+        out[f"p (Holm) vs {name}"] = [_p(r, name) for _, r in table.iterrows()]
+    return out.reset_index(drop=True)
+
+
+def _text(value: Any) -> str:
+    if value is None or _isnan(value):
+        return "–"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _p(row: pd.Series, name: str) -> str:
+    p = row.get(f"p_vs_{name}")
+    if isinstance(p, float) and math.isfinite(p):
+        return f"{p:.2g}"
+    reason = row.get(f"test_vs_{name}")
+    return reason if isinstance(reason, str) and reason else "–"
+
+
+LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "–": "--", "Δ": r"$\Delta$",
+}  # fmt: skip
+
+
+def _escape(text: Any) -> str:
+    if text is None or _isnan(text):
+        return "--"
+    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def latex(table: pd.DataFrame, text: str, study: str) -> str:
+    """A booktabs table (needs ``\\usepackage{booktabs}``) with ``text`` as its caption; a
+    missing value is a dash, never NaN."""
+    numeric = [all(_text(v)[:1] in "+-–0123456789" for v in table[c]) for c in table.columns]
+    align = "".join("r" if n else "l" for n in numeric)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{" + align + "}",
+        r"\toprule",
+        " & ".join(_escape(c) for c in table.columns) + r" \\",
+        r"\midrule",
+    ]
+    for _, row in table.iterrows():
+        lines.append(" & ".join(_escape(_text(v)) for v in row) + r" \\")
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\caption{" + _escape(text) + "}",
+        r"\label{tab:" + "".join(c if c.isalnum() else "-" for c in study) + "}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def caption(meta: Mapping[str, Any]) -> str:
+    """What a table is read with: the study, seeds, the statistics and test, and a warning where
+    the study is unfinished or its configurations have unequal n."""
+    seeds = meta.get("seeds") or []
+    counted = f"{len(seeds)} seeds ({', '.join(str(s) for s in seeds)})" if seeds else "seeds"
+    warnings = " ".join(f"WARNING: {w}." for w in meta.get("warnings") or [])
+    return (
+        f"Study {meta.get('study')}: mean ± half-width of the 95 % CI over {counted}, n per "
+        "configuration in parentheses; accuracies in %, differences in percentage points (pp), "
+        "paired by seed. Test: paired t-test over seeds (exact McNemar on test images where "
+        "n = 1), Holm-adjusted over the table; no p-value where n is too small. "
+        + _note(meta)
+        + (" " + warnings if warnings else "")
+    )
+
+
 def _note(meta: Mapping[str, Any]) -> str:
     low, high = meta.get("hypervolume_ci") or (math.nan, math.nan)
     interval = f" (95 % CI {low:.6g} to {high:.6g}, seeds resampled)" if math.isfinite(low) else ""
     return (
-        f"Study {meta.get('study')}: hypervolume {meta.get('hypervolume', math.nan):.6g}"
-        f"{interval} against reference point {meta.get('reference_point')} "
-        f"({', '.join(meta.get('objectives', []))}). Differences d_vs_*: this configuration "
-        "minus the other, paired by seed (CI lo/hi over seeds; img lo/hi over test images); "
-        "p_vs_*: Holm-adjusted over the table; test_vs_*: the test, or why n allows none."
+        f"Hypervolume {meta.get('hypervolume', math.nan):.6g}{interval} against reference point "
+        f"{meta.get('reference_point')} ({', '.join(meta.get('objectives', []))})."
     )

@@ -149,10 +149,15 @@ def export_meta(session: Session, found: Tables) -> dict[str, Any]:
     """What every exported table is read with: the study, objectives, reference point, the
     hypervolume with its bootstrap interval over seeds, and its history over trials."""
     from jepa_lab.study import pareto
+    from jepa_lab.study.quantities import units
 
     objectives = session.plan.spec.objectives
     return {
         "study": session.plan.name,
+        "seeds": seeds(found),
+        "finished": not unfinished(session),
+        "warnings": warnings(session, found),
+        "units": units(),
         "objectives": [f"{o.metric} ({o.direction})" for o in objectives],
         "reference_point": [o.reference for o in objectives],
         "hypervolume": found.hypervolume,
@@ -160,6 +165,52 @@ def export_meta(session: Session, found: Tables) -> dict[str, Any]:
         "hypervolume_resamples": pareto.RESAMPLES,
         "hypervolume_history": [[t, v] for t, v in found.history],
     }
+
+
+def seeds(found: Tables) -> list[int]:
+    """The seeds of the complete trials."""
+    trials = found.trials
+    if trials.empty or "seed" not in trials:
+        return []
+    done = trials[trials["state"] == "COMPLETE"]["seed"].dropna()
+    return sorted({int(s) for s in done})
+
+
+def unfinished(session: Session) -> str:
+    """``unfinished: 3 of 8 trials finished`` while trials remain or run, else ``""``."""
+    from jepa_lab.study.runner import is_complete, n_finished
+
+    if is_complete(session):
+        return ""
+    return f"unfinished: {n_finished(session)} of {session.plan.spec.n_trials} trials finished"
+
+
+def warnings(session: Session, found: Tables) -> list[str]:
+    """What a reader of a table or plot must know: an unfinished study, unequal n."""
+    found_warnings = [w for w in [unfinished(session)] if w]
+    summary = found.summary
+    if not summary.empty and summary["n"].nunique() > 1:
+        low, high = int(summary["n"].min()), int(summary["n"].max())
+        found_warnings.append(f"configurations have unequal n ({low} to {high} seeds)")
+    return found_warnings
+
+
+def probe_curves(session: Session) -> dict[str, tuple[str, list[tuple[float, float]]]]:
+    """Run name -> (strategy, [(training images, probe accuracy)]) of the study's complete
+    trials, from their MLflow ``curve/probe_acc`` histories (steps x the batch size)."""
+    curves: dict[str, tuple[str, list[tuple[float, float]]]] = {}
+    with mlflow_client(session.uri) as client:
+        for row in trial_rows(session):
+            run_id = row.get("mlflow_run_id")
+            if row.get("state") != "COMPLETE" or not run_id:
+                continue
+            run = client.get_run(run_id)
+            history = client.get_metric_history(run_id, "curve/probe_acc")
+            batch = float(run.data.params.get("optim.batch_size", 1))
+            points = sorted((m.step * batch, m.value) for m in history)
+            if points:
+                curves[run.info.run_name or run_id] = (str(row.get("strategy")), points)
+    return curves
 
 
 def finalize(session: Session) -> None:
@@ -184,8 +235,9 @@ def finalize(session: Session) -> None:
             export.export_table(summary, objectives, params), "csv", meta, folder / "summary.csv"
         )
         if not summary.empty:
-            for name in ("pareto.png", "pareto.html"):
-                pareto_plot.plot(summary, front, objectives, folder / name, session.plan.name)
+            for name in ("pareto.png", "pareto.svg", "pareto.html"):
+                pareto_plot.plot(summary, front, objectives, folder / name, session.plan.name,
+                                 found.trials, meta["warnings"])  # fmt: skip
         (folder / session.plan.path.name).write_text(session.plan.text)
         for path in sorted(folder.iterdir()):
             client.log_artifact(session.parent_run_id, str(path), "study")

@@ -56,6 +56,8 @@ from jepa_lab.study.tracking import (
     WORKER,
     create_parent,
     end_orphan_runs,
+    log_aggregates,
+    metric_name,
 )
 from jepa_lab.study.trial import Outcome, WorkerOptions, cell_params, record_failure, run_trial
 from jepa_lab.track.store import TrackingError, prepare_store
@@ -128,6 +130,11 @@ def open_session(
         if not create:  # read-only: status, export, plot
             session.parent_run_id = attrs.get(PARENT, "")
             return session
+        shown = [metric_name(o.metric) for o in plan.spec.objectives]
+        if session.study.metric_names != shown:  # optuna-dashboard shows these, not "Objective 0"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                session.study.set_metric_names(shown)
         session.experiment_id = prepare_store(uri, plan.name)
         if DIGEST not in attrs:
             for cell in plan.cells():  # idempotent: a crash here is repaired by the next open
@@ -325,6 +332,10 @@ def work(
                     _retry(session, frozen, reason)
             raise
         outcomes.append(outcome)
+        try:
+            log_aggregates(session)
+        except TrackingError as exc:  # progress on the parent run is a convenience
+            print(f"warning: study parent run: {exc}", flush=True)
         echo(outcome)
         if options.fail_fast and outcome.state == "FAIL":
             break

@@ -5,6 +5,7 @@ tags."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,12 +16,33 @@ from jepa_lab.track.store import TrackingError
 
 A = "jepa_lab."  # prefix of every user attribute and tag jepa-lab sets
 PARENT, DIGEST, FINALIZED = A + "parent_run_id", A + "study_digest", A + "finalized"
+NOTE = "mlflow.note.content"  # MLflow's description of an experiment or a run
 WORKER, RUN_ID, ERROR, RETRY_OF = A + "worker", A + "mlflow_run_id", A + "error", A + "retry_of"
 RETRIED_BY = A + "retried_by"  # on a failed trial: the number of the trial that retries it
 # Optuna's own keys, which its tooling reads: the system attribute Optuna 2 set to a failed
 # trial's exception text, and those of its RetryFailedTrialCallback on a retry (the first failed
 # trial of the chain, and every failed trial of it)
 FAIL_REASON, FAILED_TRIAL, RETRY_HISTORY = "fail_reason", "failed_trial", "retry_history"
+
+
+# Human names of the metrics a study optimises, for optuna-dashboard's axes and tables
+METRIC_NAMES = {
+    "eval/probe_acc": "probe acc.",
+    "eval/knn_acc": "kNN acc.",
+    "eval/gain_over_random": "gain over random init",
+    "eval/random_probe_acc": "random-init probe acc.",
+    "eval/pixel_probe_acc": "raw-pixel probe acc.",
+    "diag/pred_loss": "held-out prediction loss",
+    "diag/sigreg": "SIGReg statistic",
+    "diag/rankme": "RankMe",
+    "diag/std": "per-dim std",
+    "train/seconds": "training time (s)",
+}
+
+
+def metric_name(metric: str) -> str:
+    """``eval/probe_acc`` -> ``probe acc.``; an unknown metric keeps its key."""
+    return METRIC_NAMES.get(metric, metric)
 
 
 @contextlib.contextmanager
@@ -71,8 +93,37 @@ def create_parent(session: Session) -> str:
         client.log_text(
             run_id, yaml.safe_dump(session.plan.base, sort_keys=False), "study/base.yaml"
         )
+        if spec.description:  # shown on the experiment's and the parent run's page
+            client.set_experiment_tag(session.experiment_id, NOTE, spec.description)
+            client.set_tag(run_id, NOTE, spec.description)
     session.study.set_user_attr(PARENT, run_id)
     return run_id
+
+
+def log_aggregates(session: Session) -> None:
+    """The study's progress on its parent run, as trials finish: ``study/n_complete``,
+    ``study/n_failed`` and, per objective, the best value so far (``study/best/<metric>``), each
+    at the step of the number of complete trials."""
+    from optuna.trial import TrialState
+
+    trials = session.trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    step = len(complete)
+    metrics = {
+        "study/n_complete": float(step),
+        "study/n_failed": float(sum(t.state == TrialState.FAIL for t in trials)),
+    }
+    for index, objective in enumerate(session.plan.spec.objectives):
+        values = [t.values[index] for t in complete]
+        if values:
+            best = min(values) if objective.direction == "minimize" else max(values)
+            metrics[f"study/best/{objective.metric}"] = best
+    with mlflow_client(session.uri) as client:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, value, now, step) for key, value in metrics.items()]
+        client.log_batch(session.parent_run_id, metrics=batch)
 
 
 def set_parent_status(session: Session, status: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from jepa_lab.spec.plan import StudyPlan
 from jepa_lab.study.session import Session
 from jepa_lab.study.storage import StudyError
 from jepa_lab.study.tracking import ERROR, FAIL_REASON, RETRIED_BY, RUN_ID, A
+from jepa_lab.track.names import trial_run_name
 from jepa_lab.track.store import TrackingError
 from jepa_lab.track.writer import Tracking
 
@@ -44,6 +46,7 @@ class Outcome:
     values: list[float] | None = None
     error: str = ""
     seconds: float = 0.0
+    name: str = ""  # the MLflow run name: strategy, differing settings, seed
 
 
 def cell_params(cell: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,9 +64,16 @@ def _choice(value: Any) -> Any:
     return value if _scalar(value) else flow(value)
 
 
-def suggest(plan: StudyPlan, trial: optuna.Trial) -> dict[str, Any]:
+def suggest(
+    plan: StudyPlan, trial: optuna.Trial, fixed: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The trial's settings (dotted key -> value): its grid cell, or the search's suggestions in
-    declared order, a parameter only where its ``when`` holds for the spec so far."""
+    declared order, a parameter only where its ``when`` holds for the spec so far.
+
+    The seed is not a searched parameter (it would show in hyperparameter importance): it is
+    enqueued with the grid cell, so it lives in the trial's system attribute
+    ``fixed_params["seed"]`` (also what dedup and retries compare and copy), is read from
+    ``fixed`` (those fixed params) and recorded as the user attribute ``jepa_lab.seed``."""
     from jepa_lab.spec.plan import lookup
 
     spec = plan.spec
@@ -73,7 +83,10 @@ def suggest(plan: StudyPlan, trial: optuna.Trial) -> dict[str, Any]:
             chosen = trial.suggest_categorical(key, [_choice(v) for v in values])
             settings[key] = values[[_choice(v) for v in values].index(chosen)]
         if spec.seeds is not None:
-            settings["seed"] = trial.suggest_categorical("seed", spec.seeds)
+            seed = (fixed or {}).get("seed")
+            if seed not in spec.seeds:
+                raise StudyError(f"trial {trial.number} has no enqueued seed (got {seed!r})")
+            settings["seed"] = seed
         return settings
     for key, param in spec.search.params.items():
         if param.when:
@@ -169,17 +182,28 @@ def run_trial(
     tracking = Tracking(
         session.uri, session.experiment_id, parent_run_id=session.parent_run_id, tags=tags
     )
+    name = f"trial-{trial.number}"
     try:
-        settings = suggest(plan, trial)
+        attrs = session.optuna_storage.get_trial_system_attrs(session.trial_id(trial.number))
+        settings = suggest(plan, trial, attrs.get("fixed_params", {}))
         trial.set_user_attr(A + "settings", settings)
-        with tracking.run(f"trial-{trial.number}") as logger:
-            trial.set_user_attr(RUN_ID, logger.run_id)
+        invalid: SpecError | None = None
+        try:  # an invalid combination still gets its (FAILED) run, named for what it is
             spec = plan.experiment(settings)
+            name = trial_run_name(spec, settings, plan.base)
+        except SpecError as exc:
+            invalid, name = exc, f"invalid-trial-{trial.number}"
+        with tracking.run(name) as logger, tempfile.TemporaryDirectory() as run_dir:
+            trial.set_user_attr(RUN_ID, logger.run_id)
+            if invalid is not None:
+                raise invalid
             trial.set_user_attr(A + "config_id", spec.digest(with_seed=False))
             trial.set_user_attr(A + "spec_digest", spec.digest())
             trial.set_user_attr(A + "seed", spec.seed)
             trial.set_user_attr(A + "strategy", spec.strategy.kind)
+            trial.set_user_attr(A + "run_name", name)
             logger.log_spec(spec)
+            # the final checkpoint goes to the child run, as a `train` run's does
             result = train(
                 spec,
                 log=logger.log,
@@ -187,6 +211,7 @@ def run_trial(
                 options=TrainOptions(
                     device=options.device,
                     data_dir=options.data_dir,
+                    run_dir=Path(run_dir),
                     precision=options.precision,
                     threads=threads,
                 ),
@@ -194,7 +219,7 @@ def run_trial(
             if "precision" in result.provenance:  # what the step ran at: compared across trials
                 trial.set_user_attr(A + "precision", result.provenance["precision"])
             values = objective_values(plan, result.metrics)
-            logger.log_result(result, None)
+            logger.log_result(result, Path(run_dir))
             finite = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
             trial.set_user_attr(A + "metrics", finite)
             trial.set_user_attr(A + "predictions", result.predictions)
@@ -206,6 +231,7 @@ def run_trial(
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             record_failure(session, trial.number, reason)
         session.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        return Outcome(trial.number, "FAIL", error=reason, seconds=time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        return Outcome(trial.number, "FAIL", error=reason, seconds=seconds, name=name)
     session.study.tell(trial, values, skip_if_finished=True)
-    return Outcome(trial.number, "COMPLETE", values, seconds=time.perf_counter() - began)
+    return Outcome(trial.number, "COMPLETE", values, seconds=time.perf_counter() - began, name=name)

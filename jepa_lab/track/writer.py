@@ -326,8 +326,10 @@ def tracked_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     system_metrics: bool = True,
+    reopen: str | None = None,
 ) -> Iterator[RunLogger]:
-    """Open a run (a child of ``parent_run_id`` if given) and always close it.
+    """Open a run (a child of ``parent_run_id`` if given) and always close it. ``reopen``: the
+    id of an earlier run to continue instead (a resumed training), set RUNNING again.
 
     Normal exit: FINISHED. KeyboardInterrupt or SIGTERM (:class:`Terminated`): KILLED. Any other
     exception: FAILED, its one-line message in the tag ``jepa_lab.error``. The exception is then
@@ -338,8 +340,14 @@ def tracked_run(
     run_tags |= dict(tags or {})
     if parent_run_id is not None:
         run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run_id = call(uri, lambda: client.create_run(experiment_id, run_name=name, tags=run_tags))
-    run_id = run_id.info.run_id
+    if reopen is not None:
+        run_id = reopen
+        call(uri, lambda: client.update_run(run_id, status="RUNNING"))
+        call(uri, lambda: client.log_batch(
+            run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()]))  # fmt: skip
+    else:
+        created = call(uri, lambda: client.create_run(experiment_id, run_name=name, tags=run_tags))
+        run_id = created.info.run_id
     logger, monitor = RunLogger(client, run_id, uri), None
     status, end_tags = RunStatus.FINISHED, {}
     try:
@@ -413,14 +421,30 @@ class Tracking:
         self.run_id = ""
 
     @contextlib.contextmanager
-    def run(self, name: str) -> Iterator[RunLogger]:
-        """Open the run ``name`` (see :func:`tracked_run`); log the spec into it with
-        :meth:`RunLogger.log_spec` once the spec is known."""
+    def run(self, name: str, reopen: str | None = None) -> Iterator[RunLogger]:
+        """Open the run ``name``, or continue the run ``reopen`` (see :func:`tracked_run`); log
+        the spec into it with :meth:`RunLogger.log_spec` once the spec is known."""
         with tracked_run(
-            self.uri, self.experiment_id, name, parent_run_id=self.parent_run_id, tags=self.tags
+            self.uri,
+            self.experiment_id,
+            name,
+            parent_run_id=self.parent_run_id,
+            tags=self.tags,
+            reopen=reopen,
         ) as logger:
             self.run_id = logger.run_id
             yield logger
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether ``run_id`` is a run of this experiment in this store (one to continue)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            with translated(self.uri):
+                run = MlflowClient(self.uri).get_run(run_id)
+        except (MlflowException, TrackingError):
+            return False
+        return run.info.experiment_id == self.experiment_id
 
     def ended(self, status: str) -> str:
         """The clause an interruption message adds about the run's final status."""

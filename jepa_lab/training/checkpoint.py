@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 
 import torch
 from torch import nn
+from typing_extensions import NotRequired  # typing's from Python 3.11
 
 from jepa_lab.core.strategies import Strategy
 from jepa_lab.spec.experiment import ExperimentSpec
@@ -26,6 +27,9 @@ class Records(TypedDict):
     # The open log window: sums of loss, loss_pred, loss_reg (averaged over ranks) and its steps,
     # so a run resumed between log steps logs the rows an uninterrupted one logs.
     window: list[float]
+    # The MLflow run the rows went to, so `train --resume` continues that run (a plain string:
+    # training knows nothing of MLflow).
+    run_id: NotRequired[str]
 
 
 EMPTY_WINDOW = [0.0, 0.0, 0.0, 0.0]
@@ -162,8 +166,20 @@ def load_checkpoint(
     torch.set_rng_state(state["rng_cpu"])
     # Checkpoints written before records (or their window) existed resume with an empty one.
     records = state.get("records", {"history": [], "curve": []})
-    return int(state["step"]), Records(
+    restored = Records(
         history=records["history"],
         curve=records["curve"],
         window=list(records.get("window", EMPTY_WINDOW)),
     )
+    if records.get("run_id"):
+        restored["run_id"] = str(records["run_id"])
+    return int(state["step"]), restored
+
+
+def saved_run_id(path: Path) -> str | None:
+    """The MLflow run id a checkpoint's rows were logged to, if any (None: no checkpoint, or
+    one written untracked or before run ids were kept)."""
+    if not path.is_file():
+        return None
+    run_id = read_checkpoint(path).get("records", {}).get("run_id")
+    return str(run_id) if run_id else None

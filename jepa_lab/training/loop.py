@@ -64,6 +64,7 @@ class TrainOptions:
     threads: int | None = None  # CPU threads; None: this process's cores over its local ranks
     checkpoint_every: int = 0  # steps; 0 = only at the end
     stop_at: int | None = None  # stop (with a checkpoint) after this many steps: interruptions
+    run_id: str = ""  # the tracking run the rows go to, kept in checkpoints for a resume
 
 
 def global_batch(
@@ -147,6 +148,14 @@ def _open_window(
     if int(first_bad) >= 0:
         raise TrainingError(f"loss became non-finite at step {int(first_bad)}: {spec.name}")
     return [*world.mean_(sums.clone()).tolist(), float(steps)]
+
+
+def _records(result: TrainResult, window: list[float], options: TrainOptions) -> Records:
+    """What a checkpoint keeps for a resumed run, with the tracking run id if there is one."""
+    records = result.records(window)
+    if options.run_id:
+        records["run_id"] = options.run_id
+    return records
 
 
 def train(
@@ -274,7 +283,7 @@ def _run(
         if checkpoint and every and done % every == 0:
             window = _open_window(world, sums, window_steps, first_bad, spec)  # every rank
             if world.is_main:
-                records = result.records(window)
+                records = _records(result, window, options)
                 save_checkpoint(checkpoint, spec, done, model, strategy, optimizer, records)
     result.steps = stop
     result.train_seconds = time.perf_counter() - began
@@ -282,7 +291,7 @@ def _run(
     if checkpoint:
         window = _open_window(world, sums, window_steps, first_bad, spec)  # every rank
         if world.is_main:
-            records = result.records(window)
+            records = _records(result, window, options)
             save_checkpoint(checkpoint, spec, stop, model, strategy, optimizer, records)
     if stop < total:
         result.completed = False

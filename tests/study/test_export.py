@@ -279,7 +279,7 @@ def test_every_format_round_trips(fmt: str, tmp_path: Path) -> None:
         assert data["rows"][0]["p_vs_ema"] is None  # NaN becomes null
     else:
         text = path.read_text()
-        assert "hypervolume 1.5" in text and "diag/pred" in text
+        assert "Hypervolume 1.5" in text and "diag/pred" in text
 
 
 def test_plots_are_written(tmp_path: Path) -> None:
@@ -287,8 +287,111 @@ def test_plots_are_written(tmp_path: Path) -> None:
     table["front_prob"] = [1.0, 0.5]  # sigreg's membership uncertain: marked in the plot
     assert "diag/sigreg_pooled lo" in table  # error bars from the CIs
     front = export.front(table, MIN_MIN)
-    for name in ("p.png", "p.html"):
+    for name in ("p.png", "p.svg", "p.pdf", "p.html"):
         path = pareto_plot.plot(table, front, MIN_MIN, tmp_path / name, "title")
         assert path.stat().st_size > 1000
-    with pytest.raises(ValueError, match=r"png or an \.html"):
-        pareto_plot.plot(table, front, MIN_MIN, tmp_path / "p.pdf", "title")
+    assert (tmp_path / "plotly.min.js").is_file()  # plotly once, beside the HTML
+    assert (tmp_path / "p.html").stat().st_size < 100_000  # not inlined per plot
+    with pytest.raises(ValueError, match=r"\.pdf or an \.html"):
+        pareto_plot.plot(table, front, MIN_MIN, tmp_path / "p.txt", "title")
+
+
+ACC = [
+    ObjectiveSpec(metric="eval/probe_acc", direction="maximize", reference=0.0),
+    ObjectiveSpec(metric="diag/pred_loss", direction="minimize", reference=2.0),
+]
+
+
+def test_the_plot_reads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Axes labels with units, one series per strategy in its colour, error bars, faint seeds,
+    baseline reference lines, a widened narrow axis said so; the same in plotly."""
+    from matplotlib.figure import Figure
+
+    trials = export.trials_frame(rows())
+    table = export.aggregate(trials, ACC, ["strategy.kind"])
+    front = export.front(table, ACC)
+    saved: list[Figure] = []
+    original = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda f, *a, **k: (saved.append(f), original(f, *a, **k))
+    )
+    pareto_plot.plot(table, front, ACC, tmp_path / "p.png", "toy", trials, ["unfinished: 6 of 8"])
+    [axes] = saved[0].axes
+    assert axes.get_xlabel() == "probe acc. (%), max"
+    assert axes.get_ylabel() == "prediction error (MSE), min"
+    bars = {c.get_label(): c for c in axes.containers}
+    assert set(bars) == {"ema", "sigreg"}
+    ema = bars["ema"]
+    assert ema.has_xerr and ema.has_yerr
+    assert ema.lines[0].get_xdata()[0] == pytest.approx(71.0)  # percent
+    assert ema.lines[0].get_color() == pareto_plot.COLOURS["ema"]
+    seeds = [c for c in axes.collections if c.get_label() == "_seeds"]
+    assert len(seeds) == 2 and all(c.get_alpha() == 0.25 for c in seeds)
+    assert len(seeds[0].get_offsets()) == 3  # one faint point per seed
+    lines = {ln.get_label(): ln for ln in axes.lines}
+    assert lines["random init (baseline)"].get_xdata()[0] == pytest.approx(61.0)
+    low, high = axes.get_ylim()  # pred_loss 0.5 and 0.6: wide enough, no widening needed
+    assert high - low >= 0.1 * 0.6
+    assert "unfinished: 6 of 8" in saved[0].get_suptitle()
+    pareto_plot.plot(table, front, ACC, tmp_path / "p.html", "toy", trials)
+    html = (tmp_path / "p.html").read_text()
+    assert 'src="plotly.min.js"' in html and (tmp_path / "plotly.min.js").is_file()
+    raw = html[html.index("Plotly.newPlot(") :]
+    assert '"name":"ema"' in raw and pareto_plot.COLOURS["sigreg"] in raw
+    assert '"error_x":{"array"' in raw.replace(" ", "") or '"error_x":{"type"' in raw.replace(
+        " ", ""
+    )
+    assert "probe acc. (%), max" in raw
+
+
+def test_a_narrow_axis_is_widened_and_said_so() -> None:
+    low, high, widened = pareto_plot.axis_range(np.array([71.0, 71.4]), "eval/probe_acc")
+    assert widened and high - low == pytest.approx(pareto_plot.MIN_SPAN_PCT)
+    assert pareto_plot.axis_range(np.array([60.0, 80.0]), "eval/probe_acc")[2] is False
+
+
+def test_probe_curves_plot(tmp_path: Path) -> None:
+    curves = {"ema-s0": ("ema", [(0.0, 0.3), (512.0, 0.5)]), "sigreg-s0": ("sigreg", [(0.0, 0.3)])}
+    for name in ("c.png", "c.html"):
+        assert pareto_plot.plot_curves(curves, tmp_path / name, "curves").is_file()
+
+
+def test_the_paper_table_golden() -> None:
+    """Toy study, known values: ema probe 0.70/0.72/0.71 -> mean 71.0 %, half-width of the t CI
+    t(0.975, 2) x 0.01 / sqrt(3) = 2.48 pp; gains in pp; human headers; no run ids, no NaN."""
+    params = ["strategy.kind", "mask.ratio"]
+    table = export.aggregate(export.trials_frame(rows()), MIN_MIN, params)
+    front_ids = {"cfg-ema"}
+    paper = export.paper_table(table, MIN_MIN, params, front_ids)
+    ema = paper.set_index("strategy").loc["ema"]
+    assert ema["probe acc. (%)"] == "71.0 ± 2.5 (3)"
+    assert ema["random-init probe acc. (%)"] == "61.0 ± 2.5 (3)"
+    assert ema["Δ probe acc. vs random init (pp)"] == "+10.0 ± 2.5 (3)"
+    assert ema["Δ probe acc. vs ema (pp)"] == "–"  # no NaN: a dash
+    assert list(paper["Pareto front"]) == ["yes", "no"]  # every configuration, membership a column
+    meta = {"study": "toy_study", "seeds": [0, 1, 2], "hypervolume": 1.5,
+            "reference_point": [2.0, 100.0], "objectives": ["a (minimize)"],
+            "warnings": ["unfinished: 6 of 8 trials finished"]}  # fmt: skip
+    tex = export.render(paper, "latex", meta)
+    assert tex is not None
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert "nan" not in tex.lower() and "run0" not in tex and "cfg-" not in tex
+    assert r"71.0 $\pm$ 2.5 (3)" in tex and r"probe acc. (\%)" in tex
+    assert r"\caption{Study toy\_study" in tex and "3 seeds (0, 1, 2)" in tex
+    assert "paired t-test" in tex and "Holm" in tex
+    assert "WARNING: unfinished: 6 of 8 trials finished" in tex
+    md = export.render(paper, "md", meta)
+    assert md is not None and "probe acc. (%)" in md and "WARNING: unfinished" in md
+
+
+def test_machine_formats_carry_front_membership_and_units(tmp_path: Path) -> None:
+    params = ["strategy.kind"]
+    table = export.aggregate(export.trials_frame(rows()), MIN_MIN, params)
+    out = export.export_table(table, MIN_MIN, params, front_ids={"cfg-ema"})
+    assert list(out["on_front"]) == [True, False] and len(out) == 2  # nothing silently dropped
+    from jepa_lab.study.quantities import units
+
+    meta = {"study": "s", "units": units(), "finished": False, "warnings": ["unfinished"]}
+    export.render(out, "json", meta, tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["finished"] is False and data["units"]["eval/probe_acc"] == "fraction"

@@ -323,7 +323,7 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
     reason = "non-finite: loss became non-finite at step 3: smoke"
     assert trials[0].user_attrs[study_tracking.ERROR] == reason
     assert trials[0].system_attrs["fail_reason"] == reason  # where Optuna's tools read it
-    [run] = [r for r in mlflow_runs(home, "failing") if r.info.run_name == "trial-0"]
+    [run] = [r for r in mlflow_runs(home, "failing") if r.info.run_name == "sigreg-s0"]
     assert run.info.status == "FAILED"
     assert "non-finite at step 3" in run.data.tags["jepa_lab.error"]
     assert study.is_complete(session)
@@ -338,6 +338,41 @@ def test_a_failing_trial_is_recorded_and_fail_fast_stops(
         (0, "FAIL", reason)
     ]
     assert {"fail_reason", "retry_of", "retried_by"} <= set(rows[0])
+
+
+def test_study_runs_are_named_described_aggregated_and_keep_checkpoints(
+    home: Path, tmp_path: Path
+) -> None:
+    """Children are named by strategy, differing settings and seed; the study's description is
+    the experiment's and the parent's; the parent gets aggregates; children their checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    from jepa_lab.track.store import resolve_uri
+
+    path = write_study(
+        tmp_path, "named", description="Does logging more often change anything?",
+        grid={"log_every": [3, 2]},
+    )  # fmt: skip
+    plan = load_study(path)
+    uri = resolve_uri(None)
+    session = study.open_session(plan, resolve_storage(None, uri, plan.name), uri)
+    outcomes = study.work(session, WorkerOptions(device="cpu"), echo=lambda o: None)
+    assert [o.state for o in outcomes] == ["COMPLETE", "COMPLETE"]
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in mlflow_runs(home, "named")}
+    assert set(runs) == {"study-named", "ema-s0", "ema-log_every_2-s0"}  # log_every 3 is the base
+    parent = runs["study-named"]
+    note = "Does logging more often change anything?"
+    assert parent.data.tags["mlflow.note.content"] == note
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.note.content"] == note
+    assert parent.data.metrics["study/n_complete"] == 2
+    best = [t.values[0] for t in session.study.get_trials()]
+    assert parent.data.metrics["study/best/diag/pred_loss"] == pytest.approx(min(best))
+    steps = [m.step for m in client.get_metric_history(parent.info.run_id, "study/n_complete")]
+    assert steps == [1, 2]  # logged as each trial finished
+    for name in ("ema-s0", "ema-log_every_2-s0"):
+        listed = {a.path for a in client.list_artifacts(runs[name].info.run_id, "checkpoint")}
+        assert listed == {"checkpoint/checkpoint.pt"}
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -362,11 +397,17 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
     assert "[w0]" in done.stderr and "[w1]" in done.stderr  # two local worker processes
     assert "vs random init" in done.stdout and "hypervolume" in done.stdout  # was "p vs random"
     loaded = check_consistent(home, journal(home, "grid"), "grid", 4)
-    cells = {(t.params["strategy.kind"], t.params["seed"]) for t in loaded.get_trials()}
+    cells = {
+        (t.params["strategy.kind"], t.user_attrs["jepa_lab.seed"]) for t in loaded.get_trials()
+    }
     assert cells == {(k, s) for k in ("ema", "sigreg") for s in (0, 1)}
     # --precision reached every worker, was recorded per trial, and one precision is no warning
     assert {t.user_attrs["jepa_lab.precision"] for t in loaded.get_trials()} == {"fp32"}
     assert "different precisions" not in done.stderr
+    # the seed is no searched parameter: not in params (nor hyperparameter importance)
+    assert not [t for t in loaded.get_trials() if "seed" in t.params]
+    assert {t.system_attrs["fixed_params"]["seed"] for t in loaded.get_trials()} == {0, 1}
+    assert loaded.metric_names == ["held-out prediction loss", "SIGReg statistic", "probe acc."]
 
     result = in_process("export", str(path), "--format", "json", "-o", str(tmp_path / "f.json"))
     assert result.exit_code == 0, result.output

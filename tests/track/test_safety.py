@@ -25,7 +25,8 @@ def invoke(*args: str) -> Any:
 
 
 def one_line(result: Any) -> str:
-    lines = result.output.strip().splitlines()
+    # the start-up line (what is about to run, and where) comes before any import
+    lines = [x for x in result.output.strip().splitlines() if not x.endswith("; loading...")]
     assert result.exit_code == 2 and len(lines) == 1, result.output
     return str(lines[0])
 

@@ -147,7 +147,8 @@ def served_run(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     runs = search_runs(server, "e2e")
     assert len(runs) == 1
     result = json.loads((work / "result.json").read_text())
-    return {"run_id": runs[0]["info"]["run_id"], "result": result, "stdout": out}
+    run_id = runs[0]["info"]["run_id"]
+    return {"run_id": run_id, "result": result, "stdout": out, "run_dir": work / "run"}
 
 
 def test_a_served_run_has_params_tags_metrics_artifacts_and_dataset(
@@ -157,7 +158,7 @@ def test_a_served_run_has_params_tags_metrics_artifacts_and_dataset(
     assert run_id in served_run["stdout"]  # the CLI prints the run's URL
     run = rest(server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "FINISHED"
-    assert run["info"]["run_name"] == "smoke-seed0"
+    assert run["info"]["run_name"] == "smoke-ema-s0"  # spec name, strategy, seed
 
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["optim.steps"] == "10" and params["strategy.kind"] == "ema"
@@ -276,6 +277,7 @@ def test_from_run_reproduces_the_spec_and_an_interrupt_ends_killed(
     (killed,) = search_runs(server, "interrupted")
     assert killed["info"]["status"] == "KILLED"
     assert killed["info"]["run_id"] in err and "KILLED" in err
+    assert "continue with: jepa-lab train" in err and err.strip().endswith("--resume"), err
     tags = {t["key"]: t["value"] for t in killed["data"]["tags"]}
     assert tags["jepa_lab.stopped_by"] == "KeyboardInterrupt"
 
@@ -379,3 +381,21 @@ def test_a_store_killed_mid_creation_leaves_nothing_behind(tmp_path: Path) -> No
     assert not db.exists()
     assert prepare_store(uri, "after-crash") == "1"
     assert db.is_file() and not list(db.parent.glob(".mlflow.db.*.tmp*"))
+
+
+def test_train_resume_continues_the_same_mlflow_run(
+    server: str, served_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """The checkpoint keeps the run id: --resume reopens that run instead of opening another."""
+    run_dir = served_run["run_dir"]
+    args = ["train", SMOKE, *FAST, "--tracking-uri", server, "--experiment", "e2e",
+            "--run-dir", str(run_dir)]  # fmt: skip
+    code, _, err = finish(jepa_lab(*args, env=cli_env(), cwd=tmp_path))
+    assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = finish(jepa_lab(*args, "--resume", env=cli_env(), cwd=tmp_path))
+    assert code == 0, err[-3000:]
+    (run,) = search_runs(server, "e2e")
+    assert run["info"]["run_id"] == served_run["run_id"] and run["info"]["run_id"] in out
+    assert run["info"]["status"] == "FINISHED"
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["jepa_lab.resumed"] == "true"

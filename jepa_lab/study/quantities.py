@@ -1,0 +1,94 @@
+"""One name and one unit per quantity, shared by ``train``, ``status``, the exports and the plots.
+
+Accuracies are shown in percent, differences of accuracies in percentage points (pp);
+diagnostics keep their own scale. Machine formats (CSV, JSON, Parquet) keep the logged values
+(fractions) under their metric names and say so in their ``units`` metadata; the paper formats
+(Markdown, LaTeX) and every plot use :func:`header` and :func:`scaled`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Quantity:
+    label: str  # human name, e.g. "probe acc."
+    unit: str  # "%", "pp" or "" (a plain number)
+    scale: float  # logged value x scale = shown value
+
+    @property
+    def header(self) -> str:
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+
+PERCENT, POINTS = 100.0, 100.0
+QUANTITIES: dict[str, Quantity] = {
+    "eval/probe_acc": Quantity("probe acc.", "%", PERCENT),
+    "eval/probe_val_acc": Quantity("probe acc., validation", "%", PERCENT),
+    "eval/knn_acc": Quantity("kNN acc.", "%", PERCENT),
+    "eval/random_probe_acc": Quantity("random-init probe acc.", "%", PERCENT),
+    "eval/random_probe_val_acc": Quantity("random-init probe acc., validation", "%", PERCENT),
+    "eval/pixel_probe_acc": Quantity("raw-pixel probe acc.", "%", PERCENT),
+    "eval/pixel_probe_val_acc": Quantity("raw-pixel probe acc., validation", "%", PERCENT),
+    "eval/gain_over_random": Quantity("gain over random init", "pp", POINTS),
+    "curve/probe_acc": Quantity("probe acc.", "%", PERCENT),
+    "diag/rankme": Quantity("RankMe", "", 1.0),
+    "diag/std": Quantity("per-dim std", "", 1.0),
+    "diag/positional_share": Quantity("positional share", "%", PERCENT),
+    "diag/pred_loss": Quantity("prediction error (MSE)", "", 1.0),
+    "diag/sigreg_pooled": Quantity("SIGReg statistic, pooled", "", 1.0),
+    "diag/sigreg_regularised": Quantity("SIGReg statistic, regularised", "", 1.0),
+}
+COMPARED = {"random": "random init", "pixels": "raw pixels"}
+
+
+def quantity(metric: str) -> Quantity:
+    """The quantity of a metric; ``d_vs_<c>`` is a difference in pp; others are shown as named."""
+    if metric in QUANTITIES:
+        return QUANTITIES[metric]
+    if metric.startswith("d_vs_"):
+        other = metric.removeprefix("d_vs_")
+        return Quantity(f"Δ probe acc. vs {COMPARED.get(other, other)}", "pp", POINTS)
+    return Quantity(metric, "", 1.0)
+
+
+def header(metric: str) -> str:
+    """``probe acc. (%)`` for ``eval/probe_acc``: the human name with its unit."""
+    return quantity(metric).header
+
+
+def units() -> dict[str, str]:
+    """The unit each logged metric is stored in (machine formats keep the logged values)."""
+    return {m: "fraction" if q.unit in ("%", "pp") else "" for m, q in QUANTITIES.items()}
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def cell(metric: str, mean: Any, low: Any = None, high: Any = None, n: Any = None) -> str:
+    """``71.0 ± 1.9 (3)``: the mean and the half-width of its 95 % CI in the metric's unit, then
+    n; a dash where there is no value."""
+    if not finite(mean):
+        return "–"
+    q = quantity(metric)
+    signed = q.unit == "pp"
+    digits = 1 if q.unit else 3
+    text = _number(q.scale * float(mean), digits, signed)
+    if finite(low) and finite(high):
+        half = q.scale * (float(high) - float(low)) / 2
+        text += f" ± {_number(half, digits, False)}"
+    if finite(n):
+        text += f" ({int(n)})"
+    return text
+
+
+def _number(value: float, digits: int, signed: bool) -> str:
+    if digits == 3 and (abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3)):
+        return f"{value:+.2e}" if signed else f"{value:.2e}"
+    if digits == 3:
+        return f"{value:+.4g}" if signed else f"{value:.4g}"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
