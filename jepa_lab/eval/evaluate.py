@@ -106,7 +106,7 @@ def baselines(spec: ExperimentSpec, data: Dataset, device: torch.device) -> dict
         "probe": PROBE_VERSION,
         "digest": data.digest,
         "data": spec.data.model_dump(mode="json", exclude={"augment"}),
-        "eval": spec.eval.model_dump(mode="json"),
+        "eval": spec.eval.model_dump(mode="json", exclude={"deploy"}),
     }
 
     def pixels() -> dict:

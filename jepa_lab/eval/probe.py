@@ -46,6 +46,8 @@ class ProbeResult:
     val_acc: float  # accuracy on the validation split for the chosen l2
     l2: float  # chosen L2 strength
     iterations: int  # L-BFGS iterations of the final fit
+    # (M,) predicted test labels, for paired tests between encoders on the same images
+    test_pred: Tensor | None = None
 
 
 def _check_labelled(x: Tensor, y: Tensor, name: str) -> None:
@@ -210,8 +212,9 @@ def fit_probe(
 
     weight, bias, iterations = _fit(x, onehot, l2, spec.max_iter, _principal_axes(x), chosen)
     test = ((test - mean) / std).to(_DTYPE)
-    test_acc = _accuracy(test, test_y.detach().to("cpu", torch.int64), weight, bias)
-    return ProbeResult(test_acc=test_acc, val_acc=val_acc, l2=l2, iterations=iterations)
+    test_pred = F.linear(test, weight, bias).argmax(1)
+    test_acc = float((test_pred == test_y.detach().to("cpu", torch.int64)).double().mean())
+    return ProbeResult(test_acc, val_acc, l2, iterations, test_pred)
 
 
 def knn_accuracy(
@@ -228,22 +231,29 @@ def knn_accuracy(
     train_x (N, D), test_x (M, D) features; train_y (N,), test_y (M,) labels in [0, n_classes).
     Test rows are processed ``chunk`` at a time, so memory is O(chunk * N), not O(M * N).
     """
-    _check_labelled(train_x, train_y, "train")
     _check_labelled(test_x, test_y, "test")
+    predicted = knn_predict(train_x, train_y, test_x, k, n_classes, chunk)
+    return int((predicted == test_y.to(predicted.device, torch.int64)).sum()) / test_x.shape[0]
+
+
+def knn_predict(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, k: int, n_classes: int, chunk: int = 2048
+) -> Tensor:
+    """(M,) labels the weighted cosine kNN predicts for test_x (M, D) (see knn_accuracy)."""
+    _check_labelled(train_x, train_y, "train")
     if not 1 <= k <= train_x.shape[0]:
         raise ValueError(f"knn k={k} needs 1 <= k <= {train_x.shape[0]} training samples")
     device = train_x.device
     bank = F.normalize(train_x.detach().float(), dim=1)  # (N, D)
     bank_y = train_y.detach().to(device, torch.int64)
-    correct = 0
+    predicted = []
     for start in range(0, test_x.shape[0], chunk):
         query = F.normalize(test_x[start : start + chunk].detach().to(device).float(), dim=1)
         top_sim, top_idx = (query @ bank.T).topk(k, dim=1)  # (c, k)
         votes = query.new_zeros(query.shape[0], n_classes)
         votes.scatter_add_(1, bank_y[top_idx], (top_sim / _KNN_TEMPERATURE).exp())
-        labels = test_y[start : start + chunk].to(device, torch.int64)
-        correct += int((votes.argmax(1) == labels).sum())
-    return correct / test_x.shape[0]
+        predicted.append(votes.argmax(1))
+    return torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.int64)
 
 
 def pooled_features(
