@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import os
 import tempfile
 import time
@@ -211,9 +212,15 @@ def _onnx_int8(module: nn.Module, example: Tensor, threads: int) -> Quantised:
                 module, (example,), str(fp32), dynamo=False, input_names=["input"],
                 output_names=["output"], dynamic_axes={"input": {0: "batch"}}, opset_version=17,
             )  # fmt: skip
-        quantize_dynamic(
-            fp32, int8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
-        )
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # its advice to pre-process, on the root logger, every time
+        try:
+            quantize_dynamic(
+                fp32, int8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+            )
+        finally:
+            root.setLevel(level)
         payload = int8.read_bytes()
     graph = onnx.load_from_string(payload).graph
     linears = sum(

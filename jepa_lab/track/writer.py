@@ -116,6 +116,10 @@ class RunLogger:
         with translated(self.uri):
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_artifacts(self, path: Path, artifact_path: str) -> None:
+        with translated(self.uri):
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+
     def log_text(self, text: str, artifact_file: str) -> None:
         with translated(self.uri):
             self.client.log_text(self.run_id, text, artifact_file)
@@ -183,6 +187,10 @@ class RunLogger:
             if result.history:
                 self.log_artifact(plot_curves(result.history, Path(tmp) / "curves.png"), "plots")
         self.log_dataset(result.dataset)
+        if result.encoder is not None:
+            from jepa_lab.track.model import log_encoders
+
+            log_encoders(self, result.spec, result.encoder, result.int8)
 
     def close(self) -> None:
         """Flush what is buffered and record the time logging took."""
