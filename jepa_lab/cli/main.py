@@ -121,6 +121,13 @@ def train(
     else:
         assert spec_file is not None
         spec = load_spec(spec_file, overrides)
+    from jepa_lab.eval.deploy import DeployError, resolve_backend
+
+    if spec.eval.deploy.enabled:  # a missing INT8 backend: one line, exit 2, before training
+        try:
+            resolve_backend(spec.eval.deploy.backend, "cuda" if device == "cuda" else "cpu")
+        except DeployError as exc:
+            fail(str(exc))
     from jepa_lab.cli.reporting import ProgressReporter, print_summary
     from jepa_lab.data.files import DataError
     from jepa_lab.training.checkpoint import CheckpointError
@@ -133,7 +140,7 @@ def train(
         checkpoint_every=checkpoint_every,
     )  # fmt: skip
     stopped: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
-    failed: tuple[type[BaseException], ...] = (DataError, CheckpointError)
+    failed: tuple[type[BaseException], ...] = (DataError, CheckpointError, DeployError)
     tracking = None
     if track and uri:
         from jepa_lab.track.store import TrackingError, prepare_store

@@ -31,7 +31,7 @@ from jepa_lab.spec.load import (
     read_yaml,
     validate,
 )
-from jepa_lab.spec.study import BASELINE_METRICS, SearchSpec, StudySpec
+from jepa_lab.spec.study import BASELINE_METRICS, DEPLOY_DIRECTIONS, SearchSpec, StudySpec
 
 
 def flow(value: Any) -> str:
@@ -195,6 +195,13 @@ def _check_objectives(plan: StudyPlan, spec: ExperimentSpec, where: str) -> list
             problems.append(
                 f"{plan.source.path}:{line}: objectives.{index}.metric: {objective.metric} needs "
                 f"eval.baselines: true{where}"
+            )
+        if objective.metric in DEPLOY_DIRECTIONS and not spec.eval.deploy.enabled:
+            lines = plan.source.lines
+            line = lines.get(("objectives", index, "metric")) or lines.get(("objectives", index), 1)
+            problems.append(
+                f"{plan.source.path}:{line}: objectives.{index}.metric: {objective.metric} needs "
+                f"eval.deploy.enabled: true{where}"
             )
     return problems
 

@@ -30,9 +30,35 @@ Metric = Literal[
     "eval/random_probe_acc",
     "eval/pixel_probe_acc",
     "eval/gain_over_random",
+    # eval.deploy: the INT8 copy (accuracy up, latency down, see DEPLOY_DIRECTIONS)
+    "deploy/int8_probe_acc",
+    "deploy/int8_knn_acc",
+    "deploy/int8_mcnemar_p",
+    "deploy/int8_cos",
+    "deploy/int8_rel_l2",
+    "deploy/fp32_p50_ms",
+    "deploy/fp32_p99_ms",
+    "deploy/int8_p50_ms",
+    "deploy/int8_p99_ms",
+    "deploy/speedup_p50",
+    "deploy/slo_met",
 ]
 # Metrics that exist only when the experiment evaluates its baselines (eval.baselines: true).
 BASELINE_METRICS = {"eval/random_probe_acc", "eval/pixel_probe_acc", "eval/gain_over_random"}
+# Metrics that exist only with eval.deploy.enabled, and the direction that is better for each.
+DEPLOY_DIRECTIONS = {
+    "deploy/int8_probe_acc": "maximize",
+    "deploy/int8_knn_acc": "maximize",
+    "deploy/int8_mcnemar_p": "maximize",  # higher: no evidence INT8 changes the predictions
+    "deploy/int8_cos": "maximize",
+    "deploy/int8_rel_l2": "minimize",
+    "deploy/fp32_p50_ms": "minimize",
+    "deploy/fp32_p99_ms": "minimize",
+    "deploy/int8_p50_ms": "minimize",
+    "deploy/int8_p99_ms": "minimize",
+    "deploy/speedup_p50": "maximize",
+    "deploy/slo_met": "maximize",
+}
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 DottedKey = str
 
@@ -202,6 +228,13 @@ class StudySpec(Spec):
     def _consistent(self) -> StudySpec:
         if self.grid is None and self.search is None:
             raise FieldError("a study needs a grid, a search, or both", "grid")
+        for index, objective in enumerate(self.objectives):
+            better = DEPLOY_DIRECTIONS.get(objective.metric)
+            if better is not None and objective.direction != better:
+                raise FieldError(
+                    f"{objective.metric} is better when {better}d: use direction: {better}",
+                    ("objectives", index, "direction"),
+                )
         metrics = [o.metric for o in self.objectives]
         if len(set(metrics)) != len(metrics):
             index = next(i for i, m in enumerate(metrics) if m in metrics[:i])

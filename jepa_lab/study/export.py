@@ -35,6 +35,11 @@ REPORTED = (
     "diag/positional_share",
     "diag/pred_loss",
     "diag/sigreg",
+    "deploy/int8_probe_acc",
+    "deploy/int8_cos",
+    "deploy/fp32_p99_ms",
+    "deploy/int8_p99_ms",
+    "deploy/speedup_p50",
 )
 WELCH_METRIC = "eval/probe_acc"  # the headline claim the p-values test
 
