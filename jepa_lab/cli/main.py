@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from jepa_lab.cli.bench import register as register_bench
 from jepa_lab.cli.options import (
     DataDirOption,
     DeviceOption,
@@ -356,6 +357,7 @@ def schema() -> None:
 
 
 register(app)
+register_bench(app)
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jepa_lab.core.models import Encoder
 from jepa_lab.data.datasets import Dataset
 from jepa_lab.eval.evaluate import PROBE_SEED, probe_subset
 from jepa_lab.eval.probe import fit_probe, knn_predict
@@ -133,9 +134,10 @@ class Trunk(nn.Module):
     benchmark feeds it N = ``tokens`` synthetic tokens (patch embedding and positions skipped:
     a few percent of the cost)."""
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: Encoder) -> None:
         super().__init__()
         self.blocks, self.norm = encoder.blocks, encoder.norm
+        self.dim = encoder.dim
 
     def forward(self, tokens: Tensor) -> Tensor:
         for block in self.blocks:
@@ -339,7 +341,7 @@ def load_average() -> float:
 
 
 def versions(backend: str) -> dict[str, str]:
-    found = {"torch": torch.__version__}
+    found = {"torch": str(torch.__version__)}
     packages = {"onnxruntime": ("onnxruntime", "onnx"), "torchao": ("torchao",)}
     for package in packages.get(backend, ()):
         try:
@@ -350,15 +352,14 @@ def versions(backend: str) -> dict[str, str]:
 
 
 def latency(
-    encoder: nn.Module, spec: DeploySpec, backend: str, device: torch.device
+    encoder: Encoder, spec: DeploySpec, backend: str, device: torch.device
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Latency metrics of fp32 and INT8 on ``spec.batch`` x ``spec.tokens`` synthetic tokens,
     and the context they were measured in (threads, versions, load)."""
     where = device if backend == "torchao" else torch.device("cpu")
     trunk = Trunk(copy.deepcopy(encoder)).float().to(where).eval()
     generator = torch.Generator().manual_seed(SEED)
-    dim = trunk.norm.normalized_shape[0]
-    tokens = torch.randn(spec.batch, spec.tokens, dim, generator=generator).to(where)
+    tokens = torch.randn(spec.batch, spec.tokens, trunk.dim, generator=generator).to(where)
     int8 = quantise(trunk, backend, tokens, spec.threads)
     fp32 = _no_grad(trunk)
 
@@ -439,6 +440,8 @@ def deploy(
             f"{backend} quantised {int8.linears} of the encoder's {linears} linear layers"
         )
     metrics = accuracy(spec, data, _no_grad(fp32), int8)
+    if not isinstance(encoder, Encoder):
+        raise DeployError(f"the evaluation encoder is a {type(encoder).__name__}, not an Encoder")
     speed, context = latency(encoder, settings, backend, device)
     context |= {"slo_p99_ms": settings.slo_p99_ms, "linears": linears}
     return DeployReport(metrics | speed, context, fp32, int8, linears)

@@ -18,8 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
 import numpy as np
+from mlflow.pyfunc import PythonModel
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
@@ -32,7 +32,7 @@ ENCODER = "encoder"
 ENCODER_INT8 = "encoder_int8"
 
 
-class EncoderModel(mlflow.pyfunc.PythonModel):
+class EncoderModel(PythonModel):
     """pyfunc wrapper: images (B, C, H, W) in [0, 255] -> embeddings (B, D) float32."""
 
     def load_context(self, context: Any) -> None:
@@ -66,7 +66,7 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         else:
             self.run = quantise(embedder, config["backend"], example, config["threads"]).run
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, context, model_input, params=None):
         # Untyped on purpose: MLflow validates inputs against type hints when they are given,
         # and the signature already says what the model takes.
         import torch
@@ -125,8 +125,10 @@ def save_encoder(
     example_np = example.float().numpy()
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, size, size))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embedder.encoder.dim))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.model.dim))]),
     )
+    import mlflow.pyfunc
+
     mlflow.pyfunc.save_model(
         str(path),
         python_model=EncoderModel(),
