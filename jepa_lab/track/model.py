@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mlflow.pyfunc import PythonModel
 from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Schema, TensorSpec
 
 if TYPE_CHECKING:
     from jepa_lab.eval.deploy import Embedder, Quantised
     from jepa_lab.spec.experiment import ExperimentSpec
-    from jepa_lab.track.writer import RunLogger
 
 ENCODER = "encoder"
 ENCODER_INT8 = "encoder_int8"
@@ -142,15 +142,16 @@ def save_encoder(
 
 
 def log_encoders(
-    logger: RunLogger,
+    log_artifacts: Callable[[Path, str], None],
     spec: ExperimentSpec,
     embedder: Embedder,
     int8: Quantised | None,
 ) -> None:
-    """Log ``encoder`` (and ``encoder_int8`` when given) into the run as MLflow models."""
+    """Log ``encoder`` (and ``encoder_int8`` when given) as MLflow models with
+    ``log_artifacts(folder, artifact_path)`` (a run logger's)."""
     threads = spec.eval.deploy.threads
     with tempfile.TemporaryDirectory() as tmp:
-        logger.log_artifacts(save_encoder(Path(tmp) / ENCODER, spec, embedder), ENCODER)
+        log_artifacts(save_encoder(Path(tmp) / ENCODER, spec, embedder), ENCODER)
         if int8 is not None:
             saved = save_encoder(Path(tmp) / ENCODER_INT8, spec, embedder, int8, threads)
-            logger.log_artifacts(saved, ENCODER_INT8)
+            log_artifacts(saved, ENCODER_INT8)

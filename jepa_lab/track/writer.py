@@ -190,7 +190,7 @@ class RunLogger:
         if result.encoder is not None:
             from jepa_lab.track.model import log_encoders
 
-            log_encoders(self, result.spec, result.encoder, result.int8)
+            log_encoders(self.log_artifacts, result.spec, result.encoder, result.int8)
 
     def close(self) -> None:
         """Flush what is buffered and record the time logging took."""
