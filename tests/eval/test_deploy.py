@@ -73,17 +73,33 @@ def test_deploy_metrics_and_the_trained_model_is_untouched(tmp_path) -> None:
     from jepa_lab.training.checkpoint import read_checkpoint
     from jepa_lab.training.loop import TrainOptions, train
 
-    overrides = [*FAST, "eval.deploy.enabled=true", "eval.deploy.iters=5",
-                 "eval.deploy.rounds=2", "eval.deploy.warmup=1", "eval.deploy.tokens=16"]  # fmt: skip
+    overrides = [
+        *FAST,
+        "eval.deploy.enabled=true",
+        "eval.deploy.iters=5",
+        "eval.deploy.rounds=2",
+        "eval.deploy.warmup=1",
+        "eval.deploy.tokens=16",
+    ]
     spec = load(ExperimentSpec, STUDIES / "smoke.yaml", overrides)
     result = train(spec, options=TrainOptions(run_dir=tmp_path))
     saved = read_checkpoint(tmp_path / "checkpoint.pt")["model"]
     assert all(v.dtype.is_floating_point for k, v in saved.items() if k.endswith("weight"))
     model = build_model(spec.model, spec.data.image_size, spec.data.channels, spec.seed)
     model.load_state_dict(saved)  # a plain fp32 JEPA loads it: nothing was quantised in place
-    wanted = ["deploy/int8_probe_acc", "deploy/int8_knn_acc", "deploy/int8_mcnemar_p",
-              "deploy/int8_cos", "deploy/int8_rel_l2", "deploy/fp32_p50_ms", "deploy/fp32_p99_ms",
-              "deploy/int8_p50_ms", "deploy/int8_p99_ms", "deploy/speedup_p50", "deploy/slo_met"]  # fmt: skip
+    wanted = [
+        "deploy/int8_probe_acc",
+        "deploy/int8_knn_acc",
+        "deploy/int8_mcnemar_p",
+        "deploy/int8_cos",
+        "deploy/int8_rel_l2",
+        "deploy/fp32_p50_ms",
+        "deploy/fp32_p99_ms",
+        "deploy/int8_p50_ms",
+        "deploy/int8_p99_ms",
+        "deploy/speedup_p50",
+        "deploy/slo_met",
+    ]
     assert set(wanted) <= set(result.metrics)
     assert result.metrics["deploy/int8_cos"] >= 0.999
     assert result.to_dict()["deploy"]["backend"] in BACKENDS
