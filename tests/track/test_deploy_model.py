@@ -136,12 +136,13 @@ def test_a_missing_backend_exits_2_before_training(monkeypatch: pytest.MonkeyPat
 def test_mlflow_models_serve_answers_with_the_runs_embeddings(run: dict, unused_tcp_port: int):
     images, expected = embeddings_of_run(run)
     port = unused_tcp_port
+    log = run["home"] / f"serve-{port}.log"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen(
         [str(mlflow_bin), "models", "serve", "-m", f"runs:/{run['id']}/encoder",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=run["env"] | {"MLFLOW_TRACKING_URI": run["uri"]}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        env=run["env"] | {"MLFLOW_TRACKING_URI": run["uri"]}, stdout=log.open("w"),
+        stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         body = json.dumps({"inputs": images.tolist()}).encode()
@@ -156,10 +157,11 @@ def test_mlflow_models_serve_answers_with_the_runs_embeddings(run: dict, unused_
                     answer = json.loads(response.read())
                 break
             except OSError:
-                assert server.poll() is None, "mlflow models serve exited"
+                assert server.poll() is None, log.read_text()[-3000:]
                 assert time.monotonic() < deadline, "mlflow models serve never answered"
                 time.sleep(1)
         np.testing.assert_allclose(np.asarray(answer["predictions"]), expected, atol=1e-5)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and its workers
+        if server.poll() is None:  # its own session: the server and its workers
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
