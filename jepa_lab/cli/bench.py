@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -56,21 +57,35 @@ def _spec(run_dir: Path) -> ExperimentSpec:
         fail(exc.messages)
 
 
+def invocations_url(url: str) -> str:
+    """The scoring endpoint of a served model: ``url`` itself when it ends in ``/invocations``,
+    else ``url``/invocations (``http://127.0.0.1:5001`` and ``.../invocations`` both work)."""
+    url = url.rstrip("/")
+    return url if url.endswith("/invocations") else url + "/invocations"
+
+
 def http_latency(url: str, images: Any, requests: int, warmup: int) -> dict[str, float]:
-    """p50/p99 of ``requests`` POSTs of ``images`` (B, C, H, W) to ``url``/invocations on
-    loopback (client time: the whole round trip), after ``warmup`` untimed ones."""
+    """p50/p99 of ``requests`` POSTs of ``images`` (B, C, H, W) to the served model at ``url``
+    (client time: the whole round trip), after ``warmup`` untimed ones. A server that is not
+    there or refuses the request is a one-line failure."""
     import numpy as np
 
     body = json.dumps({"inputs": images.tolist()}).encode()
-    endpoint = url.rstrip("/") + "/invocations"
+    endpoint = invocations_url(url)
     times = []
     for index in range(warmup + requests):
         request = urllib.request.Request(
             endpoint, data=body, headers={"Content-Type": "application/json"}
         )
         began = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=60) as response:
-            response.read()
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:300]
+            fail(f"{endpoint}: HTTP {exc.code} {exc.reason}: {detail}")
+        except (OSError, ValueError) as exc:  # refused, timed out, not a URL
+            fail(f"{endpoint}: no answer from a served model ({exc})")
         if index >= warmup:
             times.append(1000 * (time.perf_counter() - began))
     p50, p99 = np.percentile(np.asarray(times), [50, 99])

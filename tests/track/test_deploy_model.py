@@ -133,16 +133,24 @@ def test_a_missing_backend_exits_2_before_training(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_with_the_runs_embeddings(run: dict, unused_tcp_port: int):
+def test_mlflow_models_serve_answers_with_the_runs_embeddings(
+    run: dict, unused_tcp_port: int, tmp_path: Path
+) -> None:
+    """A real HTTP request to ``mlflow models serve`` returns the run's embeddings, and
+    ``bench-encoder --http`` times that server (a few bounded requests)."""
     images, expected = embeddings_of_run(run)
     port = unused_tcp_port
     log = run["home"] / f"serve-{port}.log"
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    bin_dir = Path(sys.executable).parent
+    # `mlflow models serve --env-manager local` starts the server as `bash -c "exec uvicorn
+    # ..."`: uvicorn is looked up on PATH, so the environment's bin folder must be on it even
+    # when mlflow itself is called by its full path (an environment that is not activated).
+    path = os.pathsep.join([str(bin_dir), run["env"].get("PATH", os.defpath)])
     server = subprocess.Popen(
-        [str(mlflow_bin), "models", "serve", "-m", f"runs:/{run['id']}/encoder",
+        [str(bin_dir / "mlflow"), "models", "serve", "-m", f"runs:/{run['id']}/encoder",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=run["env"] | {"MLFLOW_TRACKING_URI": run["uri"]}, stdout=log.open("w"),
-        stderr=subprocess.STDOUT, start_new_session=True,
+        env=run["env"] | {"MLFLOW_TRACKING_URI": run["uri"], "PATH": path},
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         body = json.dumps({"inputs": images.tolist()}).encode()
@@ -161,7 +169,40 @@ def test_mlflow_models_serve_answers_with_the_runs_embeddings(run: dict, unused_
                 assert time.monotonic() < deadline, "mlflow models serve never answered"
                 time.sleep(1)
         np.testing.assert_allclose(np.asarray(answer["predictions"]), expected, atol=1e-5)
+
+        out = tmp_path / "http.json"
+        done = subprocess.run(
+            [sys.executable, "-m", "jepa_lab", "bench-encoder", str(run["dir"]), "--tokens", "16",
+             "--iters", "3", "--rounds", "1", "--warmup", "1", "--requests", "5", "--no-track",
+             "--http", f"http://127.0.0.1:{port}/invocations", "--json", str(out)],
+            capture_output=True, text=True, env=run["env"], cwd=run["home"], timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        metrics = json.loads(out.read_text())["metrics"]
+        for name in ("http/client_p50_ms", "http/client_p99_ms", "http/model_fp32_p50_ms",
+                     "http/model_int8_p50_ms"):  # fmt: skip
+            assert 0 < metrics[name] < 60_000, name
     finally:
         if server.poll() is None:  # its own session: the server and its workers
             os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_http_url_with_or_without_invocations_and_no_server_is_one_line(
+    unused_tcp_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    from jepa_lab.cli.bench import http_latency, invocations_url
+
+    for url in (
+        "http://127.0.0.1:5001",
+        "http://127.0.0.1:5001/",
+        "http://127.0.0.1:5001/invocations",
+    ):
+        assert invocations_url(url) == "http://127.0.0.1:5001/invocations"
+    images = np.zeros((1, 1, 4, 4), dtype=np.float32)
+    with pytest.raises(typer.Exit) as exit_info:  # nothing listens on the port
+        http_latency(f"http://127.0.0.1:{unused_tcp_port}", images, requests=1, warmup=0)
+    assert exit_info.value.exit_code == 2
+    assert "no answer from a served model" in capsys.readouterr().err
