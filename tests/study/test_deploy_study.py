@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ..conftest import STUDIES
-from .test_study import TINY, cli, home  # noqa: F401  (fixtures)
+from .test_study import TINY, cli, home, shared_home  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -35,3 +36,13 @@ def test_accuracy_vs_latency_runs_end_to_end_on_synthetic_data(home: Path, tmp_p
     exported = cli("export", str(path), "--output", str(out))
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "deploy/int8_p99_ms" in out.read_text()
+    every = tmp_path / "all.json"
+    exported = cli("export", str(path), "--all", "--output", str(every))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    rows = json.loads(every.read_text())["rows"]
+    # one row per distinct configuration (two trials may sample the same one), both objectives
+    assert 1 <= len(rows) <= 2 and {row["trial"] for row in rows} <= {0, 1}
+    for row in rows:
+        assert row["state"] == "COMPLETE", row
+        assert 0 < row["deploy/int8_p99_ms (min)"] < 10_000, row
+        assert 0 <= row["eval/probe_val_acc (max)"] <= 1, row
