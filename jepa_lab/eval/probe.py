@@ -38,9 +38,10 @@ _HISTORY = 20
 _KNN_TEMPERATURE = 0.07
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ProbeResult:
-    """Outcome of one probe fit."""
+    """Outcome of one probe fit. Equal when every field is, the predictions element-wise (the
+    generated ``__eq__`` would ask a multi-element tensor for its truth value)."""
 
     test_acc: float  # accuracy on the test split, reported once
     val_acc: float  # accuracy on the validation split for the chosen l2
@@ -48,6 +49,19 @@ class ProbeResult:
     iterations: int  # L-BFGS iterations of the final fit
     # (M,) predicted test labels, for paired tests between encoders on the same images
     test_pred: Tensor | None = None
+
+    def _scalars(self) -> tuple[float, float, float, int]:
+        return (self.test_acc, self.val_acc, self.l2, self.iterations)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProbeResult) or self._scalars() != other._scalars():
+            return False
+        if self.test_pred is None or other.test_pred is None:
+            return self.test_pred is other.test_pred
+        return torch.equal(self.test_pred, other.test_pred)
+
+    def __hash__(self) -> int:  # equal results have equal scalars
+        return hash(self._scalars())
 
 
 def _check_labelled(x: Tensor, y: Tensor, name: str) -> None:
