@@ -4,6 +4,7 @@ end-to-end latency of a served encoder (``mlflow models serve``) over HTTP (docs
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 import urllib.error
@@ -21,9 +22,29 @@ if TYPE_CHECKING:
 MAX_REQUESTS = 10000  # HTTP requests are bounded: this is a benchmark, not a load test
 
 
+def _dir_run(run_dir: Path, tracking_uri: str | None) -> tuple[str | None, str | None]:
+    """The MLflow run a run directory recorded (mlflow_run.json) and the store to log to; no run
+    when none is recorded, or when the store resolved now is not the one recorded (a note)."""
+    from jepa_lab.track.redact import redact
+    from jepa_lab.track.rundir import recorded_run, same_store
+
+    recorded = recorded_run(run_dir)
+    if recorded is None:
+        return None, None
+    uri = store_uri(tracking_uri, write=True)  # preflight now, before the measurement
+    if not same_store(recorded.get("tracking_uri", ""), uri):
+        print(
+            f"note: {run_dir} was logged to {recorded.get('tracking_uri')}, not {redact(uri)}: "
+            "not logging (give --tracking-uri)",
+            file=sys.stderr,
+        )
+        return None, None
+    return recorded["run_id"], uri
+
+
 def _run_files(target: str, tracking_uri: str | None, into: Path) -> tuple[Path, str | None]:
     """The run directory holding result.json and checkpoint.pt, and the MLflow run id (None
-    for a run directory given by path)."""
+    for a run directory given by path: see :func:`_dir_run`)."""
     if Path(target).is_dir():
         return Path(target), None
     import mlflow.artifacts
@@ -127,6 +148,9 @@ def bench_encoder(
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, run_id = _run_files(target, tracking_uri, Path(tmp))
+        log_uri = None
+        if track and run_id is None:
+            run_id, log_uri = _dir_run(run_dir, tracking_uri)
         spec = _spec(run_dir)
         given = {"tokens": tokens, "batch": batch, "backend": backend, "threads": threads,
                  "iters": iters, "rounds": rounds, "warmup": warmup}  # fmt: skip
@@ -163,17 +187,18 @@ def bench_encoder(
                     server.append(1000 * (time.perf_counter() - began))
             metrics[f"http/model_{name}_p50_ms"] = float(np.percentile(server, 50))
     _print(metrics, report.context)
-    output = {"target": target, "metrics": metrics, "context": report.context,
-              "settings": settings.model_dump()}  # fmt: skip
+    output = {"target": target, "mlflow_run_id": run_id, "metrics": metrics,
+              "context": report.context, "settings": settings.model_dump()}  # fmt: skip
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(output, indent=2))
     if track and run_id is not None:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(store_uri(tracking_uri, write=True))
+        client = MlflowClient(log_uri or store_uri(tracking_uri, write=True))
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
+        print(f"mlflow: logged {len(metrics)} metrics to run {run_id}")
 
 
 def _print(metrics: dict[str, float], context: dict[str, Any]) -> None:

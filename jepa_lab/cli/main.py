@@ -162,6 +162,10 @@ def train(
             ProgressReporter(enabled=progress and main_rank) as reporter,
         ):
             if logger is not None:
+                from jepa_lab.track.rundir import record_run
+
+                assert tracking is not None
+                record_run(run_dir, tracking.uri, tracking.experiment_id, logger.run_id)
                 logger.log_spec(spec)
 
             def log(metrics: Mapping[str, float], step: int) -> None:

@@ -97,27 +97,42 @@ def test_deploy_metrics_in_result_and_mlflow_and_the_models_load(run: dict) -> N
     assert cos.min() >= 0.999
 
 
-def test_bench_encoder_on_the_run_directory(run: dict, tmp_path: Path) -> None:
-    from jepa_lab.cli.main import app
+def test_bench_encoder_on_the_run_directory_logs_to_its_run(run: dict, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
 
+    from jepa_lab.cli.main import app
+    from jepa_lab.track.rundir import RUN_FILE
+
+    recorded = json.loads((run["dir"] / RUN_FILE).read_text())  # written by the tracked train
+    assert recorded["run_id"] == run["id"] and recorded["tracking_uri"] == run["uri"]
+    client = MlflowClient(run["uri"])
+    before = len(client.get_metric_history(run["id"], "deploy/int8_p99_ms"))
     out = tmp_path / "out.json"
     done = CliRunner().invoke(
         app,
-        [
-            "bench-encoder",
-            str(run["dir"]),
-            "--tokens",
-            "16",
-            "--iters",
-            "5",
-            "--rounds",
-            "2",
-            "--json",
-            str(out),
-        ],
-    )
+        ["bench-encoder", str(run["dir"]), "--tokens", "16", "--iters", "5", "--rounds", "2",
+         "--json", str(out), "--tracking-uri", run["uri"]],
+    )  # fmt: skip
     assert done.exit_code == 0, done.output
-    assert "deploy/int8_p99_ms" in json.loads(out.read_text())["metrics"]
+    written = json.loads(out.read_text())
+    assert "deploy/int8_p99_ms" in written["metrics"] and written["mlflow_run_id"] == run["id"]
+    assert len(client.get_metric_history(run["id"], "deploy/int8_p99_ms")) == before + 1
+
+
+def test_a_run_directory_records_its_run(tmp_path: Path) -> None:
+    from jepa_lab.track.rundir import RUN_FILE, record_run, recorded_run, same_store
+
+    assert recorded_run(tmp_path) is None  # not tracked
+    (tmp_path / RUN_FILE).write_text("{not json")
+    assert recorded_run(tmp_path) is None
+    uri = "postgresql://user:secret@127.0.0.1:5432/mlflow"
+    record_run(tmp_path / "run", uri, "3", "abc123")
+    assert "secret" not in (tmp_path / "run" / RUN_FILE).read_text()
+    recorded = recorded_run(tmp_path / "run")
+    assert recorded is not None and recorded["run_id"] == "abc123"
+    assert recorded["experiment_id"] == "3"
+    assert same_store(recorded["tracking_uri"], uri)
+    assert not same_store(recorded["tracking_uri"], "sqlite:///elsewhere.db")
 
 
 def test_a_missing_backend_exits_2_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
