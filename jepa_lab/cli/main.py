@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 import jepa_lab.cli.help  # noqa: F401  (flags show no <bool> on --help)
+from jepa_lab.cli.bench import register as register_bench
 from jepa_lab.cli.options import (
     CompileOption,
     DataDirOption,
@@ -168,6 +169,15 @@ def train(
     else:
         assert spec_file is not None
         spec = load_spec(spec_file, overrides)
+    from jepa_lab.eval.deploy import DeployError, resolve_backend
+    from jepa_lab.spec.experiment import ExperimentSpec
+
+    deploy = spec.eval.deploy if isinstance(spec, ExperimentSpec) else None
+    if deploy is not None and deploy.enabled:  # a missing INT8 backend: one line, exit 2
+        try:
+            resolve_backend(deploy.backend, "cuda" if device == "cuda" else "cpu")
+        except DeployError as exc:
+            fail(str(exc))
     from jepa_lab.cli.reporting import ProgressReporter, print_summary
     from jepa_lab.data.files import DataError
     from jepa_lab.study.local import warn_if_loaded
@@ -188,7 +198,7 @@ def train(
         checkpoint_every=checkpoint_every, precision=precision,
     )  # fmt: skip
     stopped: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
-    failed: tuple[type[BaseException], ...] = (DataError, CheckpointError)
+    failed: tuple[type[BaseException], ...] = (DataError, CheckpointError, DeployError)
     tracking, reopen = None, None
     if track and uri:
         from jepa_lab.track.names import train_run_name
@@ -212,6 +222,10 @@ def train(
             ProgressReporter(enabled=progress and main_rank) as reporter,
         ):
             if logger is not None:
+                from jepa_lab.track.rundir import record_run
+
+                assert tracking is not None
+                record_run(run_dir, tracking.uri, tracking.experiment_id, logger.run_id)
                 logger.log_spec(spec)
                 options = dataclasses.replace(options, run_id=logger.run_id)
 
@@ -454,6 +468,7 @@ def schema(
 
 
 register(app)
+register_bench(app)
 
 
 def main() -> None:

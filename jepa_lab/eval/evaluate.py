@@ -118,7 +118,9 @@ def _probe_scores(prefix: str, features: Features, spec: ExperimentSpec, data: D
         f"eval/{prefix}probe_val_n": float(probe.val_size),
         f"eval/{prefix}probe_val_acc_ci": probe.val_ci,
         f"eval/{prefix}probe_l2": probe.l2,
-        f"pred/{prefix}probe": encode_classes(probe.test_pred),
+        f"pred/{prefix}probe": encode_classes(
+            probe.test_pred if probe.test_pred is not None else b""
+        ),
     }
 
 
@@ -159,7 +161,7 @@ def baselines(spec: ExperimentSpec, data: Dataset, device: torch.device) -> dict
         "probe": PROBE_VERSION,
         "digest": data.digest,
         "data": spec.data.model_dump(mode="json", exclude={"augment"}),
-        "eval": spec.eval.model_dump(mode="json"),
+        "eval": spec.eval.model_dump(mode="json", exclude={"deploy"}),
     }
 
     def pixels() -> dict:

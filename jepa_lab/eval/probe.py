@@ -12,7 +12,7 @@ import base64
 import hashlib
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,20 +41,33 @@ _HISTORY = 20
 _KNN_TEMPERATURE = 0.07
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ProbeResult:
-    """Outcome of one probe fit."""
+    """Outcome of one probe fit. Equal when every field is, the predictions element-wise (the
+    generated ``__eq__`` would ask a multi-element tensor for its truth value)."""
 
     test_acc: float  # accuracy on the test split, reported once
     val_acc: float  # accuracy on the validation split for the chosen l2
     l2: float  # chosen L2 strength
     iterations: int  # L-BFGS iterations of the final fit
-    # (M,) predicted class of every test image, as uint8 bytes in the order of test_x: what the
-    # paired tests (McNemar, bootstrap over images) read. Not compared: a permuted test split
-    # predicts the same classes in another order.
-    test_pred: bytes = field(default=b"", compare=False, repr=False)
+    # (M,) predicted test labels, for paired tests between encoders on the same images
+    # (McNemar, a bootstrap over images); in the order of test_x
+    test_pred: Tensor | None = None
     val_size: int = 0  # images in the validation split (the n of val_acc's binomial CI)
     val_ci: float = float("nan")  # half-width of the 95 % Wilson interval of val_acc
+
+    def _scalars(self) -> tuple[float, float, float, int]:
+        return (self.test_acc, self.val_acc, self.l2, self.iterations)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProbeResult) or self._scalars() != other._scalars():
+            return False
+        if self.test_pred is None or other.test_pred is None:
+            return self.test_pred is other.test_pred
+        return torch.equal(self.test_pred, other.test_pred)
+
+    def __hash__(self) -> int:  # equal results have equal scalars
+        return hash(self._scalars())
 
 
 def wilson_half_width(correct: int, total: int, confidence: float = 0.95) -> float:
@@ -258,7 +271,7 @@ def fit_probe(
         val_acc=val_acc,
         l2=l2,
         iterations=iterations,
-        test_pred=predicted.to(torch.uint8).numpy().tobytes() if n_classes <= 256 else b"",
+        test_pred=predicted,
         val_size=n_val,
         val_ci=wilson_half_width(round(val_acc * n_val), n_val),
     )
@@ -278,22 +291,29 @@ def knn_accuracy(
     train_x (N, D), test_x (M, D) features; train_y (N,), test_y (M,) labels in [0, n_classes).
     Test rows are processed ``chunk`` at a time, so memory is O(chunk * N), not O(M * N).
     """
-    _check_labelled(train_x, train_y, "train")
     _check_labelled(test_x, test_y, "test")
+    predicted = knn_predict(train_x, train_y, test_x, k, n_classes, chunk)
+    return int((predicted == test_y.to(predicted.device, torch.int64)).sum()) / test_x.shape[0]
+
+
+def knn_predict(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, k: int, n_classes: int, chunk: int = 2048
+) -> Tensor:
+    """(M,) labels the weighted cosine kNN predicts for test_x (M, D) (see knn_accuracy)."""
+    _check_labelled(train_x, train_y, "train")
     if not 1 <= k <= train_x.shape[0]:
         raise ValueError(f"knn k={k} needs 1 <= k <= {train_x.shape[0]} training samples")
     device = train_x.device
     bank = F.normalize(train_x.detach().float(), dim=1)  # (N, D)
     bank_y = train_y.detach().to(device, torch.int64)
-    correct = 0
+    predicted = []
     for start in range(0, test_x.shape[0], chunk):
         query = F.normalize(test_x[start : start + chunk].detach().to(device).float(), dim=1)
         top_sim, top_idx = (query @ bank.T).topk(k, dim=1)  # (c, k)
         votes = query.new_zeros(query.shape[0], n_classes)
         votes.scatter_add_(1, bank_y[top_idx], (top_sim / _KNN_TEMPERATURE).exp())
-        labels = test_y[start : start + chunk].to(device, torch.int64)
-        correct += int((votes.argmax(1) == labels).sum())
-    return correct / test_x.shape[0]
+        predicted.append(votes.argmax(1))
+    return torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.int64)
 
 
 def pooled_features(

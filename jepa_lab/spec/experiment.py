@@ -355,6 +355,67 @@ class OptimSpec(Spec):
 # ------------------------------------------------------------------------------- evaluation
 
 
+Backend = Literal["auto", "torchao", "ao_dynamic", "onnxruntime"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+
+
+class DeploySpec(Spec):
+    """The INT8 copy of the evaluation encoder: its accuracy, fidelity and latency (docs/deploy.md).
+
+    Runs after the evaluation on a quantised *copy*; the trained model and its checkpoint are
+    never touched. Latency is measured on ``tokens`` tokens fed straight to the encoder's blocks
+    (a synthetic token batch), so a 128-token context is measured whatever the image size.
+    """
+
+    enabled: bool = Field(
+        False,
+        description="Quantise and benchmark the evaluation encoder after training. Off by "
+        "default: it adds a second probe fit and a latency benchmark to every run.",
+    )
+    backend: Backend = Field(
+        "auto",
+        description="INT8 backend. 'auto' takes the fastest correct one installed: onnxruntime "
+        "(dynamic int8, ~2.6x fp32 on this CPU, best tail), then ao_dynamic (~2x, deprecated "
+        "torch.ao, used only while torch still ships it), then torchao; on CUDA torchao first. "
+        "PT2E with inductor freezing is never offered: it gave outputs drifting from call to call.",
+    )
+    tokens: int = Field(
+        128,
+        ge=1,
+        le=4096,
+        description="Context length (tokens) of the latency benchmark: the design's target is a "
+        "128-token context; bounded so a benchmark stays seconds long.",
+    )
+    batch: int = Field(
+        1, ge=1, le=1024, description="Sequences per timed call (1: one request's latency)."
+    )
+    threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="CPU threads of both fp32 and INT8 while timing (the SLO is stated at 1).",
+    )
+    warmup: int = Field(
+        10, ge=0, le=1000, description="Untimed calls per backend before each round (caches, JIT)."
+    )
+    iters: int = Field(
+        50, ge=1, le=100000, description="Timed calls per backend and round; p99 needs ~100+ total."
+    )
+    rounds: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Rounds; fp32 and INT8 alternate round by round, so machine load drifts "
+        "hit both alike.",
+    )
+    slo_p99_ms: float = Field(
+        25.0,
+        gt=0,
+        le=60000,
+        description="Latency objective: INT8 p99 (ms) for one call at this context (design: 25).",
+    )
+
+
 class EvalSpec(Spec):
     """Frozen-feature evaluation: one probe procedure for every encoder and baseline."""
 
@@ -387,6 +448,9 @@ class EvalSpec(Spec):
         ge=1,
         description="Also probe the evaluation encoder every N training steps (probe accuracy "
         "against steps, logged as curve/*); null = only at the end. Each costs one probe fit.",
+    )
+    deploy: DeploySpec = Field(
+        default_factory=DeploySpec, description="INT8 copy of the encoder: accuracy and latency."
     )
 
     @model_validator(mode="after")
@@ -494,6 +558,10 @@ class ExperimentSpec(Spec):
     def digest(self, *, with_seed: bool = True) -> str:
         """Stable 12-hex hash of the resolved spec; without the seed it is the ``config_id``."""
         data = self.to_dict()
+        # A disabled deploy section changes no number a run reports, so it stays out of the
+        # digest: specs and checkpoints written before it existed keep their identity.
+        if not self.eval.deploy.enabled:
+            data["eval"].pop("deploy")
         if not with_seed:
             data.pop("seed")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]

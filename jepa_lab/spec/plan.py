@@ -33,7 +33,14 @@ from jepa_lab.spec.load import (
     validate,
     validate_any,
 )
-from jepa_lab.spec.study import BASELINE_METRICS, IMAGE_ONLY, WORLD_PREFIXES, SearchSpec, StudySpec
+from jepa_lab.spec.study import (
+    BASELINE_METRICS,
+    DEPLOY_DIRECTIONS,
+    IMAGE_ONLY,
+    WORLD_PREFIXES,
+    SearchSpec,
+    StudySpec,
+)
 from jepa_lab.spec.world import WorldSpec
 
 
@@ -211,6 +218,14 @@ def _check_objectives(plan: StudyPlan, spec: AnySpec, where: str) -> list[str]:
             problems.append(
                 f"{plan.source.path}:{line}: objectives.{index}.metric: {objective.metric} needs "
                 f"eval.baselines: true{where}"
+            )
+        deploys = isinstance(spec, ExperimentSpec) and spec.eval.deploy.enabled
+        if objective.metric in DEPLOY_DIRECTIONS and not deploys:
+            lines = plan.source.lines
+            line = lines.get(("objectives", index, "metric")) or lines.get(("objectives", index), 1)
+            problems.append(
+                f"{plan.source.path}:{line}: objectives.{index}.metric: {objective.metric} needs "
+                f"eval.deploy.enabled: true{where}"
             )
     return problems
 

@@ -37,6 +37,18 @@ Metric = Literal[
     "wm/val_nmse_final",
     "wm/val_success",
     "wm/val_effort",
+    # eval.deploy: the INT8 copy (accuracy up, latency down, see DEPLOY_DIRECTIONS)
+    "deploy/int8_probe_acc",
+    "deploy/int8_knn_acc",
+    "deploy/int8_mcnemar_p",
+    "deploy/int8_cos",
+    "deploy/int8_rel_l2",
+    "deploy/fp32_p50_ms",
+    "deploy/fp32_p99_ms",
+    "deploy/int8_p50_ms",
+    "deploy/int8_p99_ms",
+    "deploy/speedup_p50",
+    "deploy/slo_met",
 ]
 # Metrics that exist only when the experiment evaluates its baselines (eval.baselines: true).
 BASELINE_METRICS = {
@@ -55,11 +67,29 @@ TEST_METRICS = {
     "eval/random_probe_acc": "eval/random_probe_val_acc",
     "eval/pixel_probe_acc": "eval/pixel_probe_val_acc",
     "eval/gain_over_random": "eval/probe_val_acc",
+    # the INT8 copy's probe is scored on test too; the fp32 validation accuracy stands for it
+    "deploy/int8_probe_acc": "eval/probe_val_acc",
+    "deploy/int8_knn_acc": "eval/probe_val_acc",
+    "deploy/int8_mcnemar_p": "eval/probe_val_acc",
 }
 # Metrics of world-model runs; the others are metrics of image runs.
 WORLD_PREFIXES = ("wm/",)
 # Of the shared diag/* metrics, those only image runs have (eval/* are image-only too).
 IMAGE_ONLY = {"diag/pred_loss", "diag/train_loss_heldout", "diag/positional_share"}
+# Metrics that exist only with eval.deploy.enabled, and the direction that is better for each.
+DEPLOY_DIRECTIONS = {
+    "deploy/int8_probe_acc": "maximize",
+    "deploy/int8_knn_acc": "maximize",
+    "deploy/int8_mcnemar_p": "maximize",  # higher: no evidence INT8 changes the predictions
+    "deploy/int8_cos": "maximize",
+    "deploy/int8_rel_l2": "minimize",
+    "deploy/fp32_p50_ms": "minimize",
+    "deploy/fp32_p99_ms": "minimize",
+    "deploy/int8_p50_ms": "minimize",
+    "deploy/int8_p99_ms": "minimize",
+    "deploy/speedup_p50": "maximize",
+    "deploy/slo_met": "maximize",
+}
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 DottedKey = str
 
@@ -233,6 +263,13 @@ class StudySpec(Spec):
     def _consistent(self) -> StudySpec:
         if self.grid is None and self.search is None:
             raise FieldError("a study needs a grid, a search, or both", "grid")
+        for index, objective in enumerate(self.objectives):
+            better = DEPLOY_DIRECTIONS.get(objective.metric)
+            if better is not None and objective.direction != better:
+                raise FieldError(
+                    f"{objective.metric} is better when {better}d: use direction: {better}",
+                    ("objectives", index, "direction"),
+                )
         metrics = [o.metric for o in self.objectives]
         for index, metric in enumerate(metrics):
             if self.search is not None and metric in TEST_METRICS:

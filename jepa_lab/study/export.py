@@ -40,6 +40,11 @@ REPORTED = (
     "diag/positional_share",
     "diag/pred_loss",
     "diag/sigreg_pooled",
+    "deploy/int8_probe_acc",
+    "deploy/int8_cos",
+    "deploy/fp32_p99_ms",
+    "deploy/int8_p99_ms",
+    "deploy/speedup_p50",
 )
 CLAIM = "eval/probe_acc"  # the headline claim the paired comparisons test
 # Comparisons with a configuration's own baselines: name -> (its metric, its predictions).

@@ -150,6 +150,10 @@ class RunLogger:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def log_artifacts(self, path: Path, artifact_path: str) -> None:
+        with translated(self.uri):
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
@@ -222,6 +226,12 @@ class RunLogger:
             if result.history:
                 self.log_artifact(plot_curves(result.history, Path(tmp) / "curves.png"), "plots")
         self.log_dataset(result.dataset)
+        if result.encoder is not None:  # image runs only (world models log no encoder model)
+            from jepa_lab.spec.experiment import ExperimentSpec
+            from jepa_lab.track.model import log_encoders
+
+            assert isinstance(result.spec, ExperimentSpec)
+            log_encoders(self.log_artifacts, result.spec, result.encoder, result.int8)
 
     def close(self) -> None:
         """Flush what is buffered and record the time logging took."""

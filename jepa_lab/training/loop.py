@@ -23,6 +23,7 @@ from jepa_lab.core.objective import jepa_losses
 from jepa_lab.core.strategies import Strategy, build_training
 from jepa_lab.data.datasets import Dataset, augment, batch_indices, load_dataset
 from jepa_lab.data.seeds import derive_seed
+from jepa_lab.eval.deploy import deploy, embedder, resolve_backend
 from jepa_lab.eval.evaluate import curve_point, evaluate, probe_now
 from jepa_lab.spec.experiment import ExperimentSpec, LossSpec
 from jepa_lab.spec.world import WorldSpec
@@ -198,6 +199,8 @@ def _run(
             f"evenly over {world.size} processes: pick a multiple of {world.size}"
         )
     precision = resolve_precision(options.precision, device)
+    if spec.eval.deploy.enabled:  # a missing INT8 backend fails before any training
+        resolve_backend(spec.eval.deploy.backend, device.type)
     data = load_dataset(spec.data, options.data_dir).to(device)
     total = spec.optim.total_steps(len(data.train_labels))
     model, strategy = build_training(spec, total, world.all_reduce_mean(), world.size)
@@ -303,4 +306,14 @@ def _run(
         log(result.metrics, stop)
         if spec.eval.every:
             result.curve.append({"step": float(stop), **curve_point(result.metrics)})
+        encoder = strategy.eval_encoder(model.encoder)
+        if spec.eval.deploy.enabled:  # on a copy: the model and its checkpoint stay as they are
+            progress("deploy", 0, 1)
+            report = deploy(spec, spec.eval.deploy, data, encoder, device)
+            result.metrics |= report.metrics
+            result.deploy, result.encoder, result.int8 = report.context, report.fp32, report.int8
+            log(report.metrics, stop)
+            progress("deploy", 1, 1)
+        else:
+            result.encoder = embedder(encoder, data)
     return result

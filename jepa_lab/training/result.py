@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jepa_lab.data.datasets import Dataset
+from jepa_lab.eval.deploy import Embedder, Quantised
 from jepa_lab.spec.experiment import ExperimentSpec
 from jepa_lab.spec.world import WorldSpec
 from jepa_lab.training.checkpoint import Records
@@ -29,6 +30,11 @@ class TrainResult:
     completed: bool = True
     # per-horizon arrays (world models): logged as metrics with the horizon step (1..K) as step
     series: dict[str, list[float]] = field(default_factory=dict)
+    deploy: dict[str, Any] = field(default_factory=dict)  # INT8 context: backend, threads, load
+    # Not in result.json: the evaluation encoder (fp32 CPU copy, normalisation inside) and its
+    # INT8 copy when eval.deploy is on, for the tracker to log as MLflow models.
+    encoder: Embedder | None = field(default=None, repr=False)
+    int8: Quantised | None = field(default=None, repr=False)
 
     def records(self, window: list[float]) -> Records:
         """The logged rows, the probe curve and the open log ``window`` (Records): what a
@@ -52,6 +58,7 @@ class TrainResult:
             "series": self.series,
             "dataset": self.dataset,
             "provenance": self.provenance,
+            **({"deploy": self.deploy} if self.deploy else {}),
         }
 
 
