@@ -149,7 +149,9 @@ def train(
     if (spec_file is None) == (from_run is None):
         fail("give a SPEC_FILE or --from-run RUN_ID (exactly one)")
     if progress and os.environ.get("RANK", "0") == "0":  # before torch and MLflow load (seconds)
-        where = tracking_uri or "the local store" if track else "no tracking"
+        from jepa_lab.track.redact import redact
+
+        where = redact(tracking_uri or "the local store") if track else "no tracking"
         print(
             f"jepa-lab train {spec_file or 'run ' + str(from_run)}: device {device or 'auto'}, "
             f"{where}; loading...",

@@ -172,10 +172,12 @@ def run(
         device = "cuda"  # never a silent fallback to the CPU
     count = workers or (len(gpu_ids) if gpu_ids else 1)
     if progress:  # before Optuna, MLflow and torch load (seconds)
+        from jepa_lab.track.redact import redact
+
         print(
             f"jepa-lab run {study_file}: {count} worker{'s' * (count > 1)}, storage "
-            f"{storage or 'beside the tracking store'}, tracking "
-            f"{tracking_uri or 'the local store'}; loading...",
+            f"{redact(storage or 'beside the tracking store')}, tracking "
+            f"{redact(tracking_uri or 'the local store')}; loading...",
             file=sys.stderr,
             flush=True,
         )

@@ -41,6 +41,17 @@ QUANTITIES: dict[str, Quantity] = {
     "diag/pred_loss": Quantity("prediction error (MSE)", "", 1.0),
     "diag/sigreg_pooled": Quantity("SIGReg statistic, pooled", "", 1.0),
     "diag/sigreg_regularised": Quantity("SIGReg statistic, regularised", "", 1.0),
+    "diag/train_loss_heldout": Quantity("training loss, held-out", "", 1.0),
+    "diag/context_tokens": Quantity("context tokens per image", "", 1.0),
+    "diag/target_tokens": Quantity("target tokens per image", "", 1.0),
+    "deploy/int8_probe_acc": Quantity("INT8 probe acc.", "%", PERCENT),
+    "deploy/int8_p99_ms": Quantity("INT8 p99 latency (ms)", "", 1.0),
+    "deploy/fp32_p99_ms": Quantity("fp32 p99 latency (ms)", "", 1.0),
+    "deploy/speedup_p50": Quantity("INT8 p50 speedup", "", 1.0),
+    "wm/val_nmse_final": Quantity("30-step NMSE, validation", "", 1.0),
+    "wm/val_success": Quantity("planning success, validation", "%", PERCENT),
+    "wm/val_effort": Quantity("control effort, validation", "", 1.0),
+    "train/seconds": Quantity("training time (s)", "", 1.0),
 }
 COMPARED = {"random": "random init", "pixels": "raw pixels"}
 

@@ -56,6 +56,7 @@ from jepa_lab.study.tracking import (
     WORKER,
     create_parent,
     end_orphan_runs,
+    end_stale_runs,
     log_aggregates,
     metric_name,
 )
@@ -143,6 +144,7 @@ def open_session(
             session.study.set_user_attr(DIGEST, plan.digest())
         session.parent_run_id = attrs.get(PARENT) or create_parent(session)
         reap(session)
+        end_stale_runs(session)  # runs a downed tracking server kept from being ended
     return session
 
 

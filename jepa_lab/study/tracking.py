@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from jepa_lab.study.quantities import quantity
 from jepa_lab.study.session import Session
 from jepa_lab.track.store import TrackingError
 
@@ -25,24 +26,10 @@ RETRIED_BY = A + "retried_by"  # on a failed trial: the number of the trial that
 FAIL_REASON, FAILED_TRIAL, RETRY_HISTORY = "fail_reason", "failed_trial", "retry_history"
 
 
-# Human names of the metrics a study optimises, for optuna-dashboard's axes and tables
-METRIC_NAMES = {
-    "eval/probe_acc": "probe acc.",
-    "eval/knn_acc": "kNN acc.",
-    "eval/gain_over_random": "gain over random init",
-    "eval/random_probe_acc": "random-init probe acc.",
-    "eval/pixel_probe_acc": "raw-pixel probe acc.",
-    "diag/pred_loss": "held-out prediction loss",
-    "diag/sigreg": "SIGReg statistic",
-    "diag/rankme": "RankMe",
-    "diag/std": "per-dim std",
-    "train/seconds": "training time (s)",
-}
-
-
 def metric_name(metric: str) -> str:
-    """``eval/probe_acc`` -> ``probe acc.``; an unknown metric keeps its key."""
-    return METRIC_NAMES.get(metric, metric)
+    """``eval/probe_acc`` -> ``probe acc.``, for optuna-dashboard's axes and tables (the names of
+    :mod:`jepa_lab.study.quantities`; an unknown metric keeps its key)."""
+    return quantity(metric).label
 
 
 @contextlib.contextmanager
@@ -146,3 +133,21 @@ def end_orphan_runs(session: Session, number: int, reason: str) -> None:
                 continue
             client.set_tag(run.info.run_id, A + "error", f"killed: {reason}")
             client.set_terminated(run.info.run_id, "KILLED")
+
+
+def end_stale_runs(session: Session) -> list[str]:
+    """End KILLED every RUNNING child run whose trial has finished in the storage: a run whose
+    end could not be written because the tracking server was down when its trial was failed and
+    retried. Called when a study is opened to run; returns the run ids it ended."""
+    query = f"tags.mlflow.parentRunId = '{session.parent_run_id}' and attributes.status = 'RUNNING'"
+    finished = {str(t.number): t.state.name for t in session.trials() if t.state.is_finished()}
+    ended = []
+    with mlflow_client(session.uri) as client:
+        for run in client.search_runs([session.experiment_id], query):
+            state = finished.get(run.data.tags.get(A + "trial", ""))
+            if state is None or state == "COMPLETE":
+                continue  # its trial still runs (or finished well and closes it itself)
+            client.set_tag(run.info.run_id, A + "error", "killed: its trial was failed and retried")
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended

@@ -204,9 +204,16 @@ def check_study(cluster: Cluster, n: int) -> None:
         "SELECT t.number, p.param_name, p.param_value FROM trials t "
         "JOIN trial_params p ON p.trial_id = t.trial_id WHERE t.state = 'COMPLETE'"
     )
-    vectors: dict[int, list[tuple[str, float]]] = {}
+    # the seed is a fixed grid value (a user attribute), not a searched parameter
+    seeds = cluster.query(
+        "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
+        "ON a.trial_id = t.trial_id WHERE t.state = 'COMPLETE' AND a.key = 'jepa_lab.seed'"
+    )
+    vectors: dict[int, list[tuple[str, Any]]] = {}
     for number, name, value in rows:
         vectors.setdefault(number, []).append((name, value))
+    for number, seed in seeds:
+        vectors.setdefault(number, []).append(("seed", seed))
     seen = Counter(tuple(sorted(v)) for v in vectors.values())
     assert len(vectors) == n and max(seen.values()) == 1, seen
 

@@ -407,7 +407,11 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
     # the seed is no searched parameter: not in params (nor hyperparameter importance)
     assert not [t for t in loaded.get_trials() if "seed" in t.params]
     assert {t.system_attrs["fixed_params"]["seed"] for t in loaded.get_trials()} == {0, 1}
-    assert loaded.metric_names == ["held-out prediction loss", "SIGReg statistic", "probe acc."]
+    assert loaded.metric_names == [
+        "prediction error (MSE)",
+        "SIGReg statistic, pooled",
+        "probe acc.",
+    ]
 
     result = in_process("export", str(path), "--format", "json", "-o", str(tmp_path / "f.json"))
     assert result.exit_code == 0, result.output
