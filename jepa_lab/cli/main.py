@@ -20,6 +20,8 @@ from jepa_lab.cli.options import (
     CompileOption,
     DataDirOption,
     DeviceOption,
+    ExposeOption,
+    HostOption,
     PrecisionOption,
     SetOption,
     TrackingUriOption,
@@ -327,15 +329,8 @@ def validate(
 
 @app.command()
 def ui(
-    host: Annotated[
-        str, typer.Option(help="Interface to bind (another than loopback needs --expose).")
-    ] = "127.0.0.1",
-    expose: Annotated[
-        bool,
-        typer.Option(
-            "--expose", help="Allow a --host other than loopback (MLflow has no authentication)."
-        ),
-    ] = False,
+    host: HostOption = "127.0.0.1",
+    expose: ExposeOption = False,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5000,
     backend_store_uri: Annotated[
         str | None,

@@ -108,3 +108,12 @@ def store_uri(tracking_uri: str | None, *, write: bool = True, no_track: bool = 
     except TrackingError as exc:
         fail(str(exc))
     return uri
+
+
+HostOption = Annotated[
+    str, typer.Option(help="Interface to bind (another than loopback needs --expose).")
+]
+ExposeOption = Annotated[
+    bool,
+    typer.Option("--expose", help="Allow a --host other than loopback (it has no login)."),
+]

@@ -19,7 +19,9 @@ import typer
 from jepa_lab.cli.options import (
     DataDirOption,
     DeviceOption,
+    ExposeOption,
     FailFastOption,
+    HostOption,
     PrecisionOption,
     StorageOption,
     StudyArg,
@@ -276,12 +278,6 @@ def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
 
 def worker(
     study_file: StudyArg,
-    storage: StorageOption = None,
-    tracking_uri: TrackingUriOption = None,
-    data_dir: DataDirOption = None,
-    device: DeviceOption = None,
-    precision: PrecisionOption = None,
-    fail_fast: FailFastOption = False,
     index: Annotated[
         int | None,
         typer.Option(
@@ -291,6 +287,12 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+    data_dir: DataDirOption = None,
+    device: DeviceOption = None,
+    precision: PrecisionOption = None,
+    fail_fast: FailFastOption = False,
 ) -> None:
     """Join a study as one worker (e.g. from another machine with --storage postgresql://...).
 
@@ -511,15 +513,8 @@ def plot(
 
 def dashboard(
     study_file: StudyArg,
-    host: Annotated[
-        str, typer.Option(help="Interface to bind (another than loopback needs --expose).")
-    ] = "127.0.0.1",
-    expose: Annotated[
-        bool,
-        typer.Option(
-            "--expose", help="Allow a --host other than loopback (the dashboard has no login)."
-        ),
-    ] = False,
+    host: HostOption = "127.0.0.1",
+    expose: ExposeOption = False,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,

@@ -27,7 +27,8 @@ from jepa_lab.study import stats
 Format = Literal["csv", "md", "latex", "parquet", "json"]
 FORMATS: tuple[Format, ...] = ("csv", "md", "latex", "parquet", "json")
 # Reported for every configuration (when the trials have them), after the objectives.
-REPORTED = (
+# The probe accuracies (test and validation) of the encoder and of its baselines.
+PROBES = (
     "eval/probe_acc",
     "eval/probe_val_acc",
     "eval/knn_acc",
@@ -35,6 +36,9 @@ REPORTED = (
     "eval/random_probe_val_acc",
     "eval/pixel_probe_acc",
     "eval/pixel_probe_val_acc",
+)
+REPORTED = (
+    *PROBES,
     "diag/rankme",
     "diag/std",
     "diag/positional_share",
@@ -361,15 +365,7 @@ def export_table(
         if param != "strategy.kind":  # that is the strategy column
             out[param] = table.get(param)
     taken = {o.metric for o in objectives}
-    for metric in (
-        "eval/probe_acc",
-        "eval/probe_val_acc",
-        "eval/knn_acc",
-        "eval/random_probe_acc",
-        "eval/random_probe_val_acc",
-        "eval/pixel_probe_acc",
-        "eval/pixel_probe_val_acc",
-    ):
+    for metric in PROBES:
         if metric in table and metric not in taken:
             out[metric] = table[metric]
             if seeded:

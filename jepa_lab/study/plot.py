@@ -64,6 +64,18 @@ def axis_range(values: np.ndarray, metric: str) -> tuple[float, float, bool]:
     return centre - least / 2, centre + least / 2, True
 
 
+def _references(table: pd.DataFrame, metric: str) -> list[tuple[str, float]]:
+    """The baselines drawn as lines where an axis is ``metric`` (a probe accuracy): (name, mean
+    of its logged values, scaled to the axis's unit)."""
+    found = []
+    for name, base in zip(
+        ("random init", "raw pixels"), REFERENCES.get(metric, ("", "")), strict=True
+    ):
+        if base in table and np.isfinite(table[base]).any():
+            found.append((name, float(np.nanmean(_scaled(table, base)))))
+    return found
+
+
 def _scaled(table: pd.DataFrame, metric: str, suffix: str = "") -> np.ndarray:
     column = f"{metric}{suffix}"
     if column not in table:
@@ -118,13 +130,9 @@ def plot(
                 fmt="o", color=c, ecolor=c, elinewidth=1, capsize=2, ms=6, label=str(kind),
             )  # fmt: skip
         for metric, line in ((x.metric, axes.axvline), (y.metric, axes.axhline)):
-            for name, base in zip(
-                ("random init", "raw pixels"), REFERENCES.get(metric, ("", "")), strict=True
-            ):
-                if base in table and np.isfinite(table[base]).any():
-                    value = float(np.nanmean(_scaled(table, base)))
-                    style = "--" if name == "random init" else ":"
-                    line(value, color="0.35", ls=style, lw=1, label=f"{name} (baseline)")
+            for name, value in _references(table, metric):
+                style = "--" if name == "random init" else ":"
+                line(value, color="0.35", ls=style, lw=1, label=f"{name} (baseline)")
         if not front_rows.empty:
             ordered = front_rows.sort_values(x.metric)
             fx, fy = _scaled(ordered, x.metric), _scaled(ordered, y.metric)
@@ -243,14 +251,10 @@ def _plot_html(
                 showlegend=col == 1,
             ), row=1, col=col)  # fmt: skip
         for metric, add in ((x.metric, figure.add_vline), (y.metric, figure.add_hline)):
-            for name, base in zip(
-                ("random init", "raw pixels"), REFERENCES.get(metric, ("", "")), strict=True
-            ):
-                if base in table and np.isfinite(table[base]).any():
-                    value = float(np.nanmean(_scaled(table, base)))
-                    dash = "dash" if name == "random init" else "dot"
-                    add(value, line={"color": "#595959", "dash": dash, "width": 1},
-                        annotation_text=name, row=1, col=col)  # fmt: skip
+            for name, value in _references(table, metric):
+                dash = "dash" if name == "random init" else "dot"
+                add(value, line={"color": "#595959", "dash": dash, "width": 1},
+                    annotation_text=name, row=1, col=col)  # fmt: skip
         for metric, update in ((x.metric, figure.update_xaxes), (y.metric, figure.update_yaxes)):
             low, high, _ = axis_range(_extent(table, seeds, metric), metric)
             objective = x if metric == x.metric else y

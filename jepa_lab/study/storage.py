@@ -15,8 +15,6 @@ import functools
 import hashlib
 import os
 import socket
-import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial
 
+from jepa_lab.track.backoff import Backoff, with_backoff
 from jepa_lab.track.filelock import exclusive
 from jepa_lab.track.redact import redact, redact_text
 
@@ -285,39 +284,19 @@ def _connection_lost(exc: BaseException) -> bool:
 def retrying(call: Callable[[], T], shown: str) -> T:
     """``call()``, retried with backoff (0.5 s doubling to 5 s) while the database connection is
     lost, for up to $JEPA_LAB_DB_RETRY_S; then :class:`StorageUnreachable`, one line."""
-    limit, began, pause, tries = db_retry_s(), time.monotonic(), 0.5, 0
-    while True:
-        try:
-            result = call()
-        except Exception as exc:
-            if not _connection_lost(exc):
-                raise
-            waited = time.monotonic() - began
-            if waited >= limit:
-                cause = redact_text(" ".join(str(exc.__cause__ or exc).split()))[:200]
-                raise StorageUnreachable(
-                    f"storage {shown} unreachable for {waited:.0f} s ({cause}): this worker "
-                    f"stops; its trial is retried once the database is back (set {DB_RETRY_ENV} "
-                    "to wait longer)"
-                ) from exc
-            if tries == 0:
-                print(
-                    f"warning: storage {shown}: connection lost; retrying for up to {limit:.0f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            tries += 1
-            time.sleep(min(pause, max(0.0, limit - waited)))
-            pause = min(pause * 2, 5.0)
-            continue
-        if tries:
-            print(
-                f"storage {shown}: reconnected after {time.monotonic() - began:.1f} s "
-                f"({tries} retries)",
-                file=sys.stderr,
-                flush=True,
-            )
-        return result
+
+    def transient(exc: Exception) -> BaseException | None:
+        return exc if _connection_lost(exc) else None
+
+    def give_up(cause: BaseException, waited: float) -> BaseException:
+        text = redact_text(" ".join(str(cause.__cause__ or cause).split()))[:200]
+        return StorageUnreachable(
+            f"storage {shown} unreachable for {waited:.0f} s ({text}): this worker stops; its "
+            f"trial is retried once the database is back (set {DB_RETRY_ENV} to wait longer)"
+        )
+
+    backoff = Backoff(f"storage {shown}", db_retry_s(), 0.5, 5.0, "connection lost", "reconnected")
+    return with_backoff(call, backoff, transient, give_up)
 
 
 class _RetryingRDBStorage(RDBStorage):

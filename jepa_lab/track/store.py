@@ -15,8 +15,6 @@ import logging
 import os
 import re
 import shutil
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,6 +26,7 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from jepa_lab.track.backoff import Backoff, with_backoff
 from jepa_lab.track.filelock import exclusive
 from jepa_lab.track.redact import redact, redact_text
 
@@ -216,40 +215,25 @@ def call(uri: str, action: Callable[[], T], limit: float | None = None) -> T:
     does not answer is retried with backoff (1 s doubling to 10 s) for up to ``limit`` seconds
     ($JEPA_LAB_TRACKING_RETRY_S by default), then :class:`TrackingUnavailable`."""
     limit = retry_s() if limit is None else limit
-    began, pause, tries = time.monotonic(), 1.0, 0
-    while True:
-        try:
-            with translated(uri):
-                result = action()
-        except TrackingError as exc:
-            cause = exc.__cause__
-            if cause is None or not _transient(uri, cause):
-                raise
-            waited = time.monotonic() - began
-            if waited >= limit:
-                raise TrackingUnavailable(
-                    f"tracking server {redact(uri)} unreachable for {waited:.0f} s "
-                    f"({one_line(cause, 160)}): start it again, or set {RETRY_ENV} to wait longer"
-                ) from cause
-            if tries == 0:
-                print(
-                    f"warning: tracking server {redact(uri)} did not answer; retrying for up to "
-                    f"{limit:.0f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            tries += 1
-            time.sleep(min(pause, max(0.0, limit - waited)))
-            pause = min(pause * 2, 10.0)
-            continue
-        if tries:
-            print(
-                f"tracking server {redact(uri)}: answered again after "
-                f"{time.monotonic() - began:.1f} s ({tries} retries)",
-                file=sys.stderr,
-                flush=True,
-            )
-        return result
+
+    def attempt() -> T:
+        with translated(uri):
+            return action()
+
+    def transient(exc: Exception) -> BaseException | None:
+        cause = exc.__cause__ if isinstance(exc, TrackingError) else None
+        return cause if cause is not None and _transient(uri, cause) else None
+
+    def give_up(cause: BaseException, waited: float) -> BaseException:
+        return TrackingUnavailable(
+            f"tracking server {redact(uri)} unreachable for {waited:.0f} s "
+            f"({one_line(cause, 160)}): start it again, or set {RETRY_ENV} to wait longer"
+        )
+
+    backoff = Backoff(
+        f"tracking server {redact(uri)}", limit, 1.0, 10.0, "did not answer", "answered again"
+    )
+    return with_backoff(attempt, backoff, transient, give_up)
 
 
 def ensure_store(uri: str) -> None:
