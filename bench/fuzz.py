@@ -211,6 +211,9 @@ def mutate(source: Path, kind: str, rng: random.Random) -> str:
 # ------------------------------------------------------------------ running validate
 
 
+OVERLONG = 2000  # characters: an error line longer than this is reported as offending
+
+
 def judge(code: int, output: str, crashed: bool) -> dict[str, Any]:
     lines = [line for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if not line.startswith("ok: ")]
@@ -219,6 +222,8 @@ def judge(code: int, output: str, crashed: bool) -> dict[str, Any]:
         "traceback": crashed or code == 1 or "Traceback" in output,
         "unshaped": [line[:300] for line in errors if not LINE.match(line)],
         "longest": max((len(line) for line in errors), default=0),
+        # an error line longer than a screen of text is a bug too: values and keys are shortened
+        "overlong": [line[:300] for line in errors if len(line) > OVERLONG],
     }
 
 
@@ -264,7 +269,7 @@ def fuzz(args: argparse.Namespace) -> dict[str, Any]:
             found = validate_in_process(path)
             found |= {"mutant": i, "kind": kind, "source": source.name}
             results.append(found)
-            if found["traceback"] or found["unshaped"]:
+            if found["traceback"] or found["unshaped"] or found["overlong"]:
                 offending.append({**found, "input": text[:600]})
             if i < args.subprocess:
                 again = validate_subprocess(path)
@@ -285,6 +290,7 @@ def fuzz(args: argparse.Namespace) -> dict[str, Any]:
         "unshaped_lines": sum(len(r["unshaped"]) for r in results),
         "mutants_with_unshaped_lines": sum(bool(r["unshaped"]) for r in results),
         "longest_error_line": max((r["longest"] for r in results), default=0),
+        "overlong_lines": sum(len(r["overlong"]) for r in results),
         "subprocess_checked": len(samples),
         "subprocess_agree": sum(s["agree"] for s in samples),
         "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
