@@ -7,8 +7,6 @@ import json
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -89,6 +87,9 @@ def http_latency(url: str, images: Any, requests: int, warmup: int) -> dict[str,
     """p50/p99 of ``requests`` POSTs of ``images`` (B, C, H, W) to the served model at ``url``
     (client time: the whole round trip), after ``warmup`` untimed ones. A server that is not
     there or refuses the request is a one-line failure."""
+    import urllib.error  # here, not at the top: every command would pay for http.client
+    import urllib.request
+
     import numpy as np
 
     body = json.dumps({"inputs": images.tolist()}).encode()
