@@ -9,7 +9,7 @@ ifneq ($(wildcard ../shared/data/fashion-mnist),)
 export JEPA_LAB_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup demo test lint validate bench clean
+.PHONY: setup demo test lint validate bench docs clean
 
 setup: $(STAMP)
 
@@ -38,5 +38,10 @@ test: lint
 bench: setup
 	$(PY) bench/throughput.py --json bench/results/cpu.json
 
+# The documentation site (mkdocs.yml): docs/ plus the API and spec references, into site/.
+docs: setup
+	$(PY) -m pip install --quiet -e '.[docs]'
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .pytest_cache .mypy_cache .ruff_cache site
