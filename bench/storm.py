@@ -188,7 +188,8 @@ def inspect(home: Path, name: str, storage: str | None) -> dict[str, Any]:
     trials = optuna.load_study(study_name=name, storage=backend).get_trials()
     study = optuna.load_study(study_name=name, storage=backend)
     done = [t for t in trials if t.state.name == "COMPLETE"]
-    vectors = [tuple(sorted(t.params.items())) for t in done]
+    # a grid cell is its parameters and its seed (a user attribute: no searched parameter)
+    vectors = [(tuple(sorted(t.params.items())), t.user_attrs.get("jepa_lab.seed")) for t in done]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id], max_results=10_000) if experiment else []
