@@ -293,7 +293,8 @@ def load_study(path: str | Path) -> StudyPlan:
     problems: list[str] = []
     stride = len(spec.seeds or [0])  # a seed cannot make a valid cell invalid: each cell once
     for cell in plan.cells()[::stride]:
-        shown = ", ".join(override(k, v) for k, v in cell.items() if k != "seed")
+        # each value cut as values are everywhere, so a huge grid value is no 100 KB line
+        shown = ", ".join(shorten(override(k, v)) for k, v in cell.items() if k != "seed")
         try:
             experiment = plan.experiment(cell)
         except SpecError as exc:

@@ -184,6 +184,15 @@ def test_long_keys_are_shortened() -> None:
     assert all(len(m) < 1000 for m in path_errors)
 
 
+def test_a_huge_grid_value_is_shortened_in_the_cell_label(tmp_path: Path) -> None:
+    # found by bench/fuzz.py: a 10,000-element list as a grid value gave a 59 KB error line
+    huge = list(range(10_000))
+    path = study(tmp_path, f"name: s\nbase: {SMOKE}\ngrid:\n  optim.lr: [0.001, {huge}]\n")
+    messages = study_errors(path)
+    assert messages and all(len(m) < 1000 for m in messages)
+    assert any("[grid cell optim.lr=" in m for m in messages)
+
+
 # --------------------------------------------------------------------- study bases
 
 
