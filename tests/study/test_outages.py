@@ -26,31 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from ..conftest import STUDIES
+from .test_study import write_study
 
-TINY = {
-    "optim.steps": 6,
-    "optim.batch_size": 32,
-    "data.n_train": 256,
-    "data.n_test": 128,
-    "eval.probe_train": 128,
-    "eval.max_iter": 20,
-    "eval.l2_grid": [0.001],
-    "eval.baselines": False,
-    "log_every": 3,
-}
 RUN_ID = "jepa_lab.mlflow_run_id"
-
-
-def write_study(folder: Path, name: str, **sections: Any) -> Path:
-    data = {"name": name, "base": str(STUDIES / "smoke.yaml")}
-    data["overrides"] = {**TINY, **sections.pop("overrides", {})}
-    data |= sections
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def free_port() -> int:
