@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from jepa_lab.core.models import match_attention
 from jepa_lab.core.strategies import build_training
 from jepa_lab.core.strategies.ema import momentum_at
 from jepa_lab.data.datasets import Dataset
@@ -140,6 +141,9 @@ def _our_step(spec: ExperimentSpec, data: Dataset, setup: Setup) -> Step:
     total = spec.optim.total_steps(len(data.train_labels))
     model, strategy = build_training(spec, total)
     model, strategy = model.to(device), strategy.to(device)
+    precision = "bf16" if device.type == "cuda" else setup.dtype
+    match_attention(model, precision, device)
+    match_attention(strategy, precision, device)
     optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
     trained = _compiled(model, setup)
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed, trunc_normal_
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from jepa_lab.core.masks import Masks
@@ -36,6 +36,21 @@ def key_mask(padding: torch.Tensor | None) -> torch.Tensor | None:
     keeps the unpadded path exactly the unmasked attention.
     """
     return None if padding is None else ~padding[:, None, None, :]
+
+
+def match_attention(modules: nn.Module, precision: str, device: torch.device) -> None:
+    """Pick the attention kernel of every timm attention layer in ``modules`` for the step.
+
+    On a CPU under bf16 autocast, torch's fused (flash) attention is slower than in fp32: its
+    backward took 867 ms of a 1.9 s SIGReg step against 82 ms in fp32 (bench/profile_step.py).
+    There the explicit softmax(q k^T) v runs its two matmuls in bf16 and is 2x faster than fp32 per
+    block, so bf16 on CPUs uses it. Everywhere else (fp32, CUDA) the fused kernel stays, so fp32
+    numerics are exactly as before.
+    """
+    fused = not (precision == "bf16" and device.type == "cpu")
+    for module in modules.modules():
+        if isinstance(module, Attention):
+            module.fused_attn = fused
 
 
 def _init_weights(module: nn.Module) -> None:

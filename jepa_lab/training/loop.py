@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from jepa_lab.core.masks import Masks, sample_masks
-from jepa_lab.core.models import JEPA
+from jepa_lab.core.models import JEPA, match_attention
 from jepa_lab.core.objective import jepa_losses
 from jepa_lab.core.strategies import Strategy, build_training
 from jepa_lab.data.datasets import Dataset, augment, batch_indices, load_dataset
@@ -205,6 +205,8 @@ def _run(
     total = spec.optim.total_steps(len(data.train_labels))
     model, strategy = build_training(spec, total, world.all_reduce_mean(), world.size)
     model, strategy = model.to(device), strategy.to(device)
+    match_attention(model, precision, device)
+    match_attention(strategy, precision, device)
     optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
     checkpoint = options.run_dir / "checkpoint.pt" if options.run_dir else None
     start, records = 0, Records(history=[], curve=[], window=list(EMPTY_WINDOW))
