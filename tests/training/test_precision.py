@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from timm.models.vision_transformer import Attention
 
 from jepa_lab.cli.options import PRECISIONS as CLI_PRECISIONS
+from jepa_lab.core.models import key_mask, match_attention
 from jepa_lab.core.strategies import build_training
 from jepa_lab.data.datasets import load_dataset
 from jepa_lab.spec.experiment import ExperimentSpec
 from jepa_lab.spec.load import load
+from jepa_lab.training import loop
 from jepa_lab.training.loop import TrainOptions, global_batch, train, train_step
 from jepa_lab.training.optim import build_optimizer
 from jepa_lab.training.precision import PRECISIONS, cpu_has_native_bf16, resolve_precision
@@ -108,3 +111,50 @@ def test_the_cli_offers_the_same_precisions_and_refuses_others() -> None:
     assert CLI_PRECISIONS == PRECISIONS
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", CPU)
+
+
+def _fused_flags(modules: torch.nn.Module) -> set[bool]:
+    return {m.fused_attn for m in modules.modules() if isinstance(m, Attention)}
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "fused"),
+    [("bf16", "cpu", False), ("fp32", "cpu", True), ("bf16", "cuda", True), ("fp32", "cuda", True)],
+)
+def test_the_attention_kernel_follows_the_precision(
+    smoke_path: Path, precision: str, device: str, fused: bool
+) -> None:
+    model, strategy = build_training(smoke(smoke_path), 1)
+    match_attention(model, precision, torch.device(device))
+    match_attention(strategy, precision, torch.device(device))
+    assert _fused_flags(model) == {fused}
+    assert _fused_flags(strategy) in ({fused}, set())  # EMA's target encoder, if any
+
+
+def test_the_explicit_attention_equals_the_fused_kernel_with_a_key_mask() -> None:
+    torch.manual_seed(0)
+    attention = Attention(32, num_heads=4, qkv_bias=True).eval()
+    x = torch.randn(6, 9, 32)
+    padding = torch.zeros(6, 9, dtype=torch.bool)
+    padding[:3, 6:] = True  # the last keys of half the batch are padding
+    outputs = []
+    for fused in (True, False):
+        attention.fused_attn = fused
+        outputs.append(attention(x, attn_mask=key_mask(padding)))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_bf16_run_on_the_cpu_trains_with_the_explicit_attention(
+    smoke_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[torch.nn.Module] = []
+
+    def spy(modules: torch.nn.Module, precision: str, device: torch.device) -> None:
+        match_attention(modules, precision, device)
+        seen.append(modules)
+
+    monkeypatch.setattr(loop, "match_attention", spy)
+    result = train(smoke(smoke_path, "optim.steps=2"), options=TrainOptions(precision="bf16"))
+    assert result.provenance["precision"] == "bf16"
+    assert seen and all(_fused_flags(modules) <= {False} for modules in seen)
+    assert any(_fused_flags(modules) == {False} for modules in seen)
