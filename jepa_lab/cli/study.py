@@ -426,15 +426,25 @@ def export(
     front_only: Annotated[
         bool, typer.Option("--front", help="The Pareto front alone (default for a search).")
     ] = False,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="latex: every column (the baselines on validation, kNN, diagnostics, each "
+            "paired comparison with its test), as md has them, instead of the page-width table.",
+        ),
+    ] = False,
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """The study's table: a grid study's every configuration (front membership a column), a
-    search's Pareto front. md and latex are paper tables (mean ± 95 % CI (n), accuracies in %,
-    differences in pp, human headers, no run ids); csv, json and parquet keep the logged values
-    (fractions) under their metric names for machines. Metadata (json, parquet, the caption)
-    names the study, the seeds, the test, and says when the study is unfinished or n is
-    unequal."""
+    search's Pareto front. md and latex are paper tables (mean ± 95 % CI, accuracies in %,
+    differences in pp, human headers, no run ids): latex fits a page's width (configuration,
+    n, probe accuracy, its gain over random init with p, the raw-pixel probe, the objectives,
+    RankMe; --wide: every column), md has every column. csv, json and parquet keep the logged
+    values (fractions) under their metric names for machines. Metadata (json, parquet, the
+    caption) names the study, the seeds, the test, and says when the study is unfinished or n
+    is unequal."""
     from jepa_lab.cli.tables import volume_line
     from jepa_lab.study import export as ex
     from jepa_lab.study import results as sr
@@ -445,6 +455,8 @@ def export(
         fail(f"--format {chosen!r}: expected one of {', '.join(ex.FORMATS)}")
     if chosen == "parquet" and output is None:
         fail("parquet is binary: give an output file with -o FILE.parquet")
+    if wide and chosen != "latex":
+        fail(f"--wide is for -f latex (the page-width table); {chosen} has every column already")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
     found = sr.tables(session)
@@ -455,7 +467,11 @@ def export(
     chosen_rows = found.front if front_only or not every else found.summary
     front_ids = set(found.front["config_id"]) if not found.front.empty else set()
     objectives, params = plan.spec.objectives, sr.setting_keys(plan)
-    if chosen in ("md", "latex"):
+    if chosen == "latex" and not wide:
+        from jepa_lab.study.paper import compact_table
+
+        rows = compact_table(chosen_rows, objectives, params, front_ids)
+    elif chosen in ("md", "latex"):
         rows = ex.paper_table(chosen_rows, objectives, params, front_ids)
     else:
         # --all: the failed trials and their reasons too
