@@ -45,18 +45,14 @@ def _run_files(target: str, tracking_uri: str | None, into: Path) -> tuple[Path,
     for a run directory given by path: see :func:`_dir_run`)."""
     if Path(target).is_dir():
         return Path(target), None
-    import mlflow.artifacts
+    from jepa_lab.track.reader import download_artifact
+    from jepa_lab.track.store import TrackingError
 
     uri = store_uri(tracking_uri, write=False)
     try:
-        mlflow.artifacts.download_artifacts(
-            run_id=target, artifact_path="result.json", dst_path=str(into), tracking_uri=uri
-        )
-        mlflow.artifacts.download_artifacts(
-            run_id=target, artifact_path="checkpoint/checkpoint.pt", dst_path=str(into),
-            tracking_uri=uri,
-        )  # fmt: skip
-    except Exception as exc:  # MLflow raises several types for an unknown run or artifact
+        download_artifact(uri, target, "result.json", into)
+        download_artifact(uri, target, "checkpoint/checkpoint.pt", into)
+    except TrackingError as exc:
         fail(f"{target} is neither a run directory nor a logged run with a checkpoint: {exc}")
     (into / "checkpoint" / "checkpoint.pt").replace(into / "checkpoint.pt")
     return into, target

@@ -387,6 +387,7 @@ def ui(
 
     signal.signal(signal.SIGTERM, terminate)  # `kill` stops the server as Ctrl-C does
     try:
+        _warn_if_moved(uri)
         mlflow_server.wait_for_server(url, server, timeout=120, log=log)
         print(f"MLflow UI: {url}  (store: {store.redact(uri)}; Ctrl-C stops it)", flush=True)
         server.wait()
@@ -398,6 +399,26 @@ def ui(
         mlflow_server.stop_server(server)
     if server.returncode not in (0, -2, -15, 130, 143):
         fail(f"mlflow server exited with code {server.returncode} (log: {log})")
+
+
+def _warn_if_moved(uri: str) -> None:
+    """Warn when the store was moved and, read-only, could not follow: the UI's artifact pages
+    look where it was (its runs, params and metrics show; jepa-lab's own readers find the
+    artifacts where the store is)."""
+    from jepa_lab.track.location import moved
+    from jepa_lab.track.store import sqlite_path, translated
+
+    if not uri.startswith("sqlite:"):
+        return
+    with translated(uri):
+        roots = moved(sqlite_path(uri))
+    if roots is not None:
+        print(
+            f"warning: this store was moved from {roots[0]} and is read-only here: the UI shows "
+            "its runs, but looks for their artifacts where it was (make it writable and start "
+            "`jepa-lab ui` again: their locations are then rewritten)",
+            file=sys.stderr,
+        )
 
 
 @runs_app.command("list")

@@ -82,19 +82,6 @@ def _line(outcome: Outcome, session: Session, eta: str = "") -> str:
     return f"{named} COMPLETE  {values}  ({outcome.seconds:.1f} s){eta}"
 
 
-def _eta(finished: int, total: int, began: float, done_here: int) -> str:
-    """``  [3/8 trials, ETA 2m10s]``: the remaining trials at the pace of those finished here."""
-    import time
-
-    if done_here == 0 or finished >= total:
-        return f"  [{finished}/{total} trials]"
-    seconds = (time.monotonic() - began) / done_here * (total - finished)
-    minutes, rest = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    shown = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{rest:02d}s"
-    return f"  [{finished}/{total} trials, ETA {shown}]"
-
-
 def _parse_gpus(gpus: str | None) -> list[int] | None:
     if gpus is None:
         return None
@@ -234,12 +221,11 @@ def _end(session: Session, status: str) -> None:
 
 
 def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
-    import time
-
     from jepa_lab.cli.tables import trials_bar
     from jepa_lab.data.files import DataError
     from jepa_lab.study import runner as st
     from jepa_lab.study.local import registered
+    from jepa_lab.study.progress import study_progress
     from jepa_lab.track.store import TrackingError
 
     bar = trials_bar(console, show)
@@ -254,17 +240,14 @@ def _run_here(session: Session, options: Any, console: Any, show: bool) -> int:
                 phases[phase] = bar.add_task(f"  {phase}", total=total)
             bar.update(phases[phase], completed=done, total=total)
 
-        began, done_here = time.monotonic(), []
-
         def echo(outcome: Outcome) -> None:
             for task in phases.values():
                 bar.remove_task(task)
             phases.clear()
-            done_here.append(outcome.number)
-            finished, total = st.n_finished(session), session.plan.spec.n_trials
-            eta = _eta(finished, total, began, len(done_here))
-            bar.console.print(_line(outcome, session, eta), highlight=False)
-            bar.update(trials, completed=finished, description=f"trials{eta.split(',')[-1]}")
+            # itself, about to claim the next trial, and any other worker's running trial
+            now = study_progress(session.trials(), session.plan.spec.n_trials, joining=1)
+            bar.console.print(_line(outcome, session, now.bracket()), highlight=False)
+            bar.update(trials, completed=now.finished, description=f"trials ({now.eta()})")
 
         try:
             with registered() if options.share_cores else contextlib.nullcontext():
@@ -311,6 +294,7 @@ def worker(
     from jepa_lab.data.files import DataError
     from jepa_lab.study import runner as st
     from jepa_lab.study.local import registered
+    from jepa_lab.study.progress import study_progress
     from jepa_lab.study.storage import StudyError, worker_identity
     from jepa_lab.study.tracking import FINALIZED
     from jepa_lab.study.trial import WorkerOptions
@@ -329,7 +313,9 @@ def worker(
     )  # fmt: skip
 
     def echo(outcome: Outcome) -> None:
-        print(_line(outcome, session), flush=True)
+        # this worker counts itself among the running: it claims the next trial
+        now = study_progress(session.trials(), plan.spec.n_trials, joining=1)
+        print(_line(outcome, session, now.bracket()), flush=True)
 
     try:
         with registered() if options.share_cores else contextlib.nullcontext():
@@ -354,8 +340,17 @@ def status(
     study_file: StudyArg,
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="The same as JSON on stdout: states, progress and ETA, failures, the front "
+            "(rows) with the hypervolume and the export's metadata.",
+        ),
+    ] = False,
 ) -> None:
-    """Trials by state, the failed ones with their reasons, the Pareto front and its
+    """Trials by state, the whole study's ETA (the trials left x the mean trial time / the
+    workers running trials), the failed trials with their reasons, the Pareto front and its
     hypervolume."""
 
     from jepa_lab.cli.tables import (
@@ -366,23 +361,39 @@ def status(
         warn_precisions,
     )
     from jepa_lab.study import results as sr
-    from jepa_lab.study.runner import n_finished
+    from jepa_lab.study.progress import study_progress
 
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
     found = sr.tables(session)
     front, volume = found.front, found.hypervolume
     counts = sr.counts(session)
+    now = study_progress(session.trials(), plan.spec.n_trials)
+    failures = sr.failures(session)
+    if as_json:
+        from jepa_lab.study import export as ex
+
+        meta = sr.export_meta(session, found) | {
+            "storage": session.storage.shown,
+            "n_trials": plan.spec.n_trials,
+            "states": counts,
+            "progress": now.to_dict(),
+            "eta": now.eta(),
+            "failures": failures,
+        }
+        front_ids = set(front["config_id"]) if not front.empty else set()
+        rows = ex.export_table(front, plan.spec.objectives, sr.setting_keys(plan), None, front_ids)
+        sys.stdout.write(ex.render(rows, "json", meta) or "")
+        return
     out = stdout_console()
     out.print(
-        f"study {plan.name} in {session.storage.shown}: {n_finished(session)} of "
-        f"{plan.spec.n_trials} trials finished",
+        f"study {plan.name} in {session.storage.shown}: {now.finished} of "
+        f"{plan.spec.n_trials} trials finished; {now.eta()}",
         highlight=False,
     )
     for state in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "FAIL (retried)", "PRUNED"):
         if counts.get(state):
             out.print(f"  {state:<15} {counts[state]}", highlight=False)
-    failures = sr.failures(session)
     if failures:
         out.print(failures_table(failures), highlight=False)
     out.print(front_table(front, session))
@@ -415,15 +426,25 @@ def export(
     front_only: Annotated[
         bool, typer.Option("--front", help="The Pareto front alone (default for a search).")
     ] = False,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="latex: every column (the baselines on validation, kNN, diagnostics, each "
+            "paired comparison with its test), as md has them, instead of the page-width table.",
+        ),
+    ] = False,
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """The study's table: a grid study's every configuration (front membership a column), a
-    search's Pareto front. md and latex are paper tables (mean ± 95 % CI (n), accuracies in %,
-    differences in pp, human headers, no run ids); csv, json and parquet keep the logged values
-    (fractions) under their metric names for machines. Metadata (json, parquet, the caption)
-    names the study, the seeds, the test, and says when the study is unfinished or n is
-    unequal."""
+    search's Pareto front. md and latex are paper tables (mean ± 95 % CI, accuracies in %,
+    differences in pp, human headers, no run ids): latex fits a page's width (configuration,
+    n, probe accuracy, its gain over random init with p, the raw-pixel probe, the objectives,
+    RankMe; --wide: every column), md has every column. csv, json and parquet keep the logged
+    values (fractions) under their metric names for machines. Metadata (json, parquet, the
+    caption) names the study, the seeds, the test, and says when the study is unfinished or n
+    is unequal."""
     from jepa_lab.cli.tables import volume_line
     from jepa_lab.study import export as ex
     from jepa_lab.study import results as sr
@@ -434,6 +455,8 @@ def export(
         fail(f"--format {chosen!r}: expected one of {', '.join(ex.FORMATS)}")
     if chosen == "parquet" and output is None:
         fail("parquet is binary: give an output file with -o FILE.parquet")
+    if wide and chosen != "latex":
+        fail(f"--wide is for -f latex (the page-width table); {chosen} has every column already")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
     found = sr.tables(session)
@@ -444,7 +467,11 @@ def export(
     chosen_rows = found.front if front_only or not every else found.summary
     front_ids = set(found.front["config_id"]) if not found.front.empty else set()
     objectives, params = plan.spec.objectives, sr.setting_keys(plan)
-    if chosen in ("md", "latex"):
+    if chosen == "latex" and not wide:
+        from jepa_lab.study.paper import compact_table
+
+        rows = compact_table(chosen_rows, objectives, params, front_ids)
+    elif chosen in ("md", "latex"):
         rows = ex.paper_table(chosen_rows, objectives, params, front_ids)
     else:
         # --all: the failed trials and their reasons too

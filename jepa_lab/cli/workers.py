@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from jepa_lab.cli.tables import trials_bar
+from jepa_lab.study.progress import study_progress
 from jepa_lab.study.runner import is_complete, n_finished
 from jepa_lab.study.storage import STORAGE_ENV
 from jepa_lab.track.writer import Terminated
@@ -116,9 +117,12 @@ def run_workers(
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
         with bar:
-            task = bar.add_task("trials", total=session.plan.spec.n_trials)
+            total = session.plan.spec.n_trials
+            task = bar.add_task("trials", total=total)
             while any(p.poll() is None for p in procs):
-                bar.update(task, completed=n_finished(session))
+                alive = sum(p.poll() is None for p in procs)
+                now = study_progress(session.trials(), total, workers=alive)
+                bar.update(task, completed=now.finished, description=f"trials ({now.eta()})")
                 if options.fail_fast and any(p.returncode == 1 for p in procs):
                     stop_workers(procs, wait=0)  # the others stop too; a crash elsewhere does not
                 time.sleep(1.0)

@@ -50,7 +50,7 @@ def match_attention(modules: nn.Module, precision: str, device: torch.device) ->
     fused = not (precision == "bf16" and device.type == "cpu")
     for module in modules.modules():
         if isinstance(module, Attention):
-            module.fused_attn = fused
+            module.fused_attn = fused  # type: ignore[misc]  # Final for TorchScript only
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -438,7 +438,8 @@ def render(
         shown = table.astype(object).where(table.notna(), "–")
         text = shown.to_markdown(index=False, floatfmt=".4g") + "\n\n" + caption(meta) + "\n"
     elif fmt == "latex":
-        text = latex(table, caption(meta), str(meta.get("study", "study")))
+        legend = str(table.attrs.get("legend", ""))
+        text = latex(table, caption(meta, legend), str(meta.get("study", "study")))
     elif fmt == "json":
         import json
 
@@ -525,32 +526,50 @@ def _p(row: pd.Series, name: str) -> str:
 LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "–": "--", "Δ": r"$\Delta$",
+    "±": r"$\pm$", "–": "--", "Δ": r"$\Delta$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
 }  # fmt: skip
 
 
 def _escape(text: Any) -> str:
     if text is None or _isnan(text):
         return "--"
-    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    text = str(text)
+    # ASCII "--" (an option's name) stays two hyphens; the en dash "–" is LaTeX's "--"
+    return "".join(
+        "-{}" if ch == "-" and text[k + 1 : k + 2] == "-" else LATEX_ESCAPES.get(ch, ch)
+        for k, ch in enumerate(text)
+    )
+
+
+def _tex_cell(value: Any) -> str:
+    """A cell: ``71.0 ± 2.5`` with the ± as a binary operator (math spacing, narrower than the
+    two text spaces around it in prose)."""
+    return _escape(_text(value)).replace(r" $\pm$ ", r"${}\pm{}$")
 
 
 def latex(table: pd.DataFrame, text: str, study: str) -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``) with ``text`` as its caption; a
-    missing value is a dash, never NaN."""
+    missing value is a dash, never NaN. A column name with newlines is a header of several
+    lines."""
     numeric = [all(_text(v)[:1] in "+-–0123456789" for v in table[c]) for c in table.columns]
     align = "".join("r" if n else "l" for n in numeric)
+    names = [str(c).split("\n") for c in table.columns]
+    header = [
+        " & ".join(_escape(n[k]) if k < len(n) else "" for n in names) + r" \\"
+        for k in range(max(len(n) for n in names))
+    ]
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
+        r"\setlength{\tabcolsep}{4pt}",  # local to the float: narrower than the default 6pt
         r"\begin{tabular}{" + align + "}",
         r"\toprule",
-        " & ".join(_escape(c) for c in table.columns) + r" \\",
+        *header,
         r"\midrule",
     ]
     for _, row in table.iterrows():
-        lines.append(" & ".join(_escape(_text(v)) for v in row) + r" \\")
+        lines.append(" & ".join(_tex_cell(v) for v in row) + r" \\")
     lines += [
         r"\bottomrule",
         r"\end{tabular}",
@@ -561,17 +580,20 @@ def latex(table: pd.DataFrame, text: str, study: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def caption(meta: Mapping[str, Any]) -> str:
-    """What a table is read with: the study, seeds, the statistics and test, and a warning where
-    the study is unfinished or its configurations have unequal n."""
+def caption(meta: Mapping[str, Any], legend: str = "") -> str:
+    """What a table is read with: the study, seeds, the statistics and test, the ``legend`` of
+    a table that has one (its n in a column of its own then), and a warning where the study is
+    unfinished or its configurations have unequal n."""
     seeds = meta.get("seeds") or []
     counted = f"{len(seeds)} seeds ({', '.join(str(s) for s in seeds)})" if seeds else "seeds"
     warnings = " ".join(f"WARNING: {w}." for w in meta.get("warnings") or [])
+    where_n = "column n" if legend else "parentheses"
     return (
         f"Study {meta.get('study')}: mean ± half-width of the 95 % CI over {counted}, n per "
-        "configuration in parentheses; accuracies in %, differences in percentage points (pp), "
+        f"configuration in {where_n}; accuracies in %, differences in percentage points (pp), "
         "paired by seed. Test: paired t-test over seeds (exact McNemar on test images where "
         "n = 1), Holm-adjusted over the table; no p-value where n is too small. "
+        + (legend + " " if legend else "")
         + _note(meta)
         + (" " + warnings if warnings else "")
     )

@@ -18,30 +18,46 @@ class Quantity:
     label: str  # human name, e.g. "probe acc."
     unit: str  # "%", "pp" or "" (a plain number)
     scale: float  # logged value x scale = shown value
+    brief: tuple[str, str] = ("", "")  # a narrow header's name and qualifier (default: label)
 
     @property
     def header(self) -> str:
         return f"{self.label} ({self.unit})" if self.unit else self.label
 
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The header in short lines, for the page-width paper table: a name, a qualifier if
+        any, the unit if any (``("raw-pixel", "probe", "(%)")``)."""
+        top, qualifier = self.brief if self.brief[0] else (self.label, "")
+        return tuple(p for p in (top, qualifier, f"({self.unit})" if self.unit else "") if p)
+
 
 PERCENT, POINTS = 100.0, 100.0
 QUANTITIES: dict[str, Quantity] = {
     "eval/probe_acc": Quantity("probe acc.", "%", PERCENT),
-    "eval/probe_val_acc": Quantity("probe acc., validation", "%", PERCENT),
+    "eval/probe_val_acc": Quantity("probe acc., validation", "%", PERCENT, ("probe acc.", "val.")),
     "eval/knn_acc": Quantity("kNN acc.", "%", PERCENT),
-    "eval/random_probe_acc": Quantity("random-init probe acc.", "%", PERCENT),
+    "eval/random_probe_acc": Quantity(
+        "random-init probe acc.", "%", PERCENT, ("random-init", "probe")
+    ),
     "eval/random_probe_val_acc": Quantity("random-init probe acc., validation", "%", PERCENT),
-    "eval/pixel_probe_acc": Quantity("raw-pixel probe acc.", "%", PERCENT),
+    "eval/pixel_probe_acc": Quantity("raw-pixel probe acc.", "%", PERCENT, ("raw-pixel", "probe")),
     "eval/pixel_probe_val_acc": Quantity("raw-pixel probe acc., validation", "%", PERCENT),
-    "eval/gain_over_random": Quantity("gain over random init", "pp", POINTS),
+    "eval/gain_over_random": Quantity(
+        "gain over random init", "pp", POINTS, ("gain over", "random init")
+    ),
     "curve/probe_acc": Quantity("probe acc.", "%", PERCENT),
     "diag/rankme": Quantity("RankMe", "", 1.0),
-    "diag/std": Quantity("per-dim std", "", 1.0),
-    "diag/positional_share": Quantity("positional share", "%", PERCENT),
-    "diag/pred_loss": Quantity("prediction error (MSE)", "", 1.0),
-    "diag/sigreg_pooled": Quantity("SIGReg statistic, pooled", "", 1.0),
-    "diag/sigreg_regularised": Quantity("SIGReg statistic, regularised", "", 1.0),
-    "diag/train_loss_heldout": Quantity("training loss, held-out", "", 1.0),
+    "diag/std": Quantity("per-dim std", "", 1.0, ("per-dim", "std")),
+    "diag/positional_share": Quantity("positional share", "%", PERCENT, ("positional", "share")),
+    "diag/pred_loss": Quantity("prediction error (MSE)", "", 1.0, ("pred. error", "(MSE)")),
+    "diag/sigreg_pooled": Quantity("SIGReg statistic, pooled", "", 1.0, ("SIGReg stat.", "pooled")),
+    "diag/sigreg_regularised": Quantity(
+        "SIGReg statistic, regularised", "", 1.0, ("SIGReg stat.", "regularised")
+    ),
+    "diag/train_loss_heldout": Quantity(
+        "training loss, held-out", "", 1.0, ("training loss", "held-out")
+    ),
     "diag/context_tokens": Quantity("context tokens per image", "", 1.0),
     "diag/target_tokens": Quantity("target tokens per image", "", 1.0),
     "deploy/int8_probe_acc": Quantity("INT8 probe acc.", "%", PERCENT),
@@ -61,8 +77,10 @@ def quantity(metric: str) -> Quantity:
     if metric in QUANTITIES:
         return QUANTITIES[metric]
     if metric.startswith("d_vs_"):
-        other = metric.removeprefix("d_vs_")
-        return Quantity(f"Δ probe acc. vs {COMPARED.get(other, other)}", "pp", POINTS)
+        name = metric.removeprefix("d_vs_")
+        other = COMPARED.get(name, name)
+        brief = ("gain over", other) if name == "random" else ("Δ probe acc.", f"vs {other}")
+        return Quantity(f"Δ probe acc. vs {other}", "pp", POINTS, brief)
     return Quantity(metric, "", 1.0)
 
 
@@ -80,26 +98,38 @@ def finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def cell(metric: str, mean: Any, low: Any = None, high: Any = None, n: Any = None) -> str:
+def cell(
+    metric: str,
+    mean: Any,
+    low: Any = None,
+    high: Any = None,
+    n: Any = None,
+    significant: int = 4,
+) -> str:
     """``71.0 ± 1.9 (3)``: the mean and the half-width of its 95 % CI in the metric's unit, then
-    n; a dash where there is no value."""
+    n; a dash where there is no value. Percentages and points get one decimal, plain numbers
+    ``significant`` digits (the page-width paper table uses 3)."""
     if not finite(mean):
         return "–"
     q = quantity(metric)
     signed = q.unit == "pp"
-    digits = 1 if q.unit else 3
-    text = _number(q.scale * float(mean), digits, signed)
+    digits = 1 if q.unit else 0
+    text = _number(q.scale * float(mean), digits, signed, significant)
     if finite(low) and finite(high):
         half = q.scale * (float(high) - float(low)) / 2
-        text += f" ± {_number(half, digits, False)}"
+        text += f" ± {_number(half, digits, False, significant)}"
     if finite(n):
         text += f" ({int(n)})"
     return text
 
 
-def _number(value: float, digits: int, signed: bool) -> str:
-    if digits == 3 and (abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3)):
-        return f"{value:+.2e}" if signed else f"{value:.2e}"
-    if digits == 3:
-        return f"{value:+.4g}" if signed else f"{value:.4g}"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+def _number(value: float, digits: int, signed: bool, significant: int) -> str:
+    """``digits`` decimals, or (0) ``significant`` digits, in e-notation when very large or
+    small."""
+    sign = "+" if signed else ""
+    if digits:
+        return f"{value:{sign}.{digits}f}"
+    if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3):
+        return f"{value:{sign}.{significant - 2}e}"
+    text = f"{value:{sign}.{significant}g}"
+    return f"{value:{sign}.0f}" if "e" in text else text  # 1117, not 1.12e+03

@@ -1,6 +1,8 @@
-"""Reading logged runs back from the tracking store: a run's spec and the recent runs.
+"""Reading logged runs back from the tracking store: a run's artifacts, its spec, the recent runs.
 
-Reading never creates a local store: a missing one is a one-line :class:`TrackingError`.
+Reading never creates a local store: a missing one is a one-line :class:`TrackingError`. A local
+store that was moved or archived elsewhere is read where it is now (its artifact locations
+resolved by :mod:`jepa_lab.track.location`), without writing to it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from typing import Any
 
 import yaml
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from jepa_lab.track.location import local_uri
 from jepa_lab.track.store import HOME_ENV, TrackingError, redact, sqlite_path, translated
 from jepa_lab.track.writer import SPEC_ARTIFACT
+
+
+class MissingArtifact(TrackingError):
+    """The run exists but has no such artifact."""
 
 
 def _reader(uri: str) -> MlflowClient:
@@ -47,12 +56,12 @@ def _no_progress_bar() -> Iterator[None]:
             os.environ[key] = previous
 
 
-def spec_of_run(uri: str, run_id: str) -> dict[str, Any]:
-    """The resolved spec a run logged (its ``spec.yaml``), for ``train --from-run``."""
+def _artifacts(uri: str, run_id: str) -> ArtifactRepository:
+    """The artifacts of the run ``run_id``; a local store's where the store is now."""
     client = _reader(uri)
     with translated(uri):
         try:
-            client.get_run(run_id)
+            location = client.get_run(run_id).info.artifact_uri
         except MlflowException as exc:
             if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise
@@ -60,14 +69,33 @@ def spec_of_run(uri: str, run_id: str) -> dict[str, Any]:
                 f"run {run_id!r} not found in {redact(uri)}: check the id (jepa-lab runs list) "
                 "and --tracking-uri"
             ) from exc
-        names = {info.path for info in client.list_artifacts(run_id)}
-        if SPEC_ARTIFACT not in names:
+        if uri.startswith("sqlite:"):
+            location = local_uri(sqlite_path(uri), location)
+        return get_artifact_repository(location, tracking_uri=uri)
+
+
+def download_artifact(uri: str, run_id: str, path: str, into: Path) -> Path:
+    """Download the artifact ``path`` (e.g. ``result.json``, ``checkpoint/checkpoint.pt``) of the
+    run ``run_id`` into the folder ``into``; return the file's path there. A missing artifact is
+    a one-line :class:`MissingArtifact`."""
+    artifacts = _artifacts(uri, run_id)
+    folder, _, name = path.rpartition("/")
+    with translated(uri):
+        if name not in {Path(info.path).name for info in artifacts.list_artifacts(folder or None)}:
+            raise MissingArtifact(f"run {run_id} has no {path} artifact in {redact(uri)}")
+        with _no_progress_bar():
+            return Path(artifacts.download_artifacts(path, str(into)))
+
+
+def spec_of_run(uri: str, run_id: str) -> dict[str, Any]:
+    """The resolved spec a run logged (its ``spec.yaml``), for ``train --from-run``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            text = download_artifact(uri, run_id, SPEC_ARTIFACT, Path(tmp)).read_text()
+        except MissingArtifact:
             raise TrackingError(
                 f"run {run_id} has no {SPEC_ARTIFACT} artifact: it was not logged by jepa-lab train"
-            )
-        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
-            path = client.download_artifacts(run_id, SPEC_ARTIFACT, tmp)
-            text = Path(path).read_text()
+            ) from None
     try:  # safe_load: a !!python/... tag in a logged spec is refused, never run
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -11,7 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from jepa_lab.track.store import TrackingError, ensure_store, sqlite_path
+from jepa_lab.track.location import artifact_root, moved
+from jepa_lab.track.store import TrackingError, ensure_store, sqlite_path, translated
 
 
 def server_command(backend_uri: str, host: str, port: int, workers: int) -> list[str]:
@@ -19,17 +20,22 @@ def server_command(backend_uri: str, host: str, port: int, workers: int) -> list
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
                "--host", host, "--port", str(port), "--workers", str(workers)]  # fmt: skip
     if backend_uri.startswith("sqlite:"):
-        root = sqlite_path(backend_uri).parent / "artifacts"
-        command += ["--default-artifact-root", root.as_uri()]
+        command += ["--default-artifact-root", artifact_root(sqlite_path(backend_uri)).as_uri()]
     return command
 
 
 def start_server(
     backend_uri: str, host: str, port: int, workers: int, log_path: Path
 ) -> subprocess.Popen[bytes]:
-    """Start ``mlflow server`` in its own process group (stop it with :func:`stop_server`)."""
-    if backend_uri.startswith("sqlite:") and not sqlite_path(backend_uri).is_file():
-        ensure_store(backend_uri)  # an existing store is only read (it may be read-only)
+    """Start ``mlflow server`` in its own process group (stop it with :func:`stop_server`). A
+    local store is created if absent, and one that was moved has its artifact locations
+    rewritten first if it is writable (a read-only one is only read)."""
+    if backend_uri.startswith("sqlite:"):
+        db = sqlite_path(backend_uri)
+        with translated(backend_uri):
+            follow = db.is_file() and os.access(db.parent, os.W_OK) and moved(db) is not None
+        if follow or not db.is_file():
+            ensure_store(backend_uri)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # The GenAI job runner (extra worker processes) has nothing to do for jepa-lab.
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

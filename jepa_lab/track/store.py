@@ -5,7 +5,8 @@ Local by default: a SQLite database and an artifact folder under one project-loc
 way. The store and the experiment are created once, in the parent, before any worker starts
 (:func:`prepare_store`); a fresh SQLite store is built under a temporary name and renamed into
 place, so a kill mid-creation leaves no store or a complete one. MLflow's, SQLAlchemy's and the
-OS's errors arrive as one-line :class:`TrackingError` naming the URI and the fix.
+OS's errors arrive as one-line :class:`TrackingError` naming the URI and the fix. A local store
+is relocatable: its folder may be moved or archived (:mod:`jepa_lab.track.location`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from jepa_lab.track.backoff import Backoff, with_backoff
 from jepa_lab.track.filelock import exclusive
+from jepa_lab.track.location import artifact_root, relocate
 from jepa_lab.track.redact import redact, redact_text
 
 DEFAULT_HOME = Path(".jepa-lab")
@@ -164,7 +167,8 @@ def _build_sqlite(db: Path) -> None:
         stale.unlink()
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     tmp_uri = f"sqlite:///{tmp}"
-    store = SqlAlchemyStore(tmp_uri, (db.parent / "artifacts").as_uri())
+    # the Default experiment's location records the artifact root (jepa_lab.track.location)
+    store = SqlAlchemyStore(tmp_uri, artifact_root(db).as_uri())
     # MLflow caches one engine per URI: close it, so no connection outlives the rename.
     store.engine.dispose()
     SqlAlchemyStore._engine_map.pop(tmp_uri, None)
@@ -182,12 +186,14 @@ def _slug(name: str) -> str:
 
 @contextlib.contextmanager
 def translated(uri: str) -> Iterator[None]:
-    """MLflow's, SQLAlchemy's and the OS's errors as one-line TrackingErrors naming ``uri``."""
+    """MLflow's, SQLAlchemy's, sqlite3's and the OS's errors as one-line TrackingErrors naming
+    ``uri``."""
     try:
         yield
     except TrackingError:
         raise
-    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:  # OSError: requests'
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        # OSError: requests' too
         raise TrackingError(f"tracking store {redact(uri)}: {one_line(exc)}") from exc
 
 
@@ -237,12 +243,14 @@ def call(uri: str, action: Callable[[], T], limit: float | None = None) -> T:
 
 
 def ensure_store(uri: str) -> None:
-    """Create a local SQLite store at ``uri`` if absent (atomically); no-op for a server."""
+    """Create a local SQLite store at ``uri`` if absent (atomically), or rewrite the artifact
+    locations of one that was moved to where it is now; no-op for a server."""
     check_store(uri)
     if uri.startswith("sqlite:"):
         db = sqlite_path(uri)
         with translated(uri), _store_lock(db):
             _build_sqlite(db)
+            relocate(db)
 
 
 def prepare_store(uri: str, experiment: str) -> str:
@@ -250,7 +258,9 @@ def prepare_store(uri: str, experiment: str) -> str:
 
     Local experiments get an absolute ``file://`` artifact location under the store's folder
     (``.jepa-lab/artifacts/NAME``), so it does not depend on the creating process's directory;
-    a server picks its own. Safe to call from several processes at once.
+    a store that was moved has its locations rewritten to where it is now first
+    (:func:`jepa_lab.track.location.relocate`); a server picks its own. Safe to call from several
+    processes at once.
     """
     check_store(uri)
     local = uri.startswith("sqlite:")
@@ -259,7 +269,8 @@ def prepare_store(uri: str, experiment: str) -> str:
         location = None
         if db is not None:
             _build_sqlite(db)
-            location = (db.parent / "artifacts" / _slug(experiment)).as_uri()
+            relocate(db)
+            location = (artifact_root(db) / _slug(experiment)).as_uri()
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:

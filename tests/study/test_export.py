@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,10 @@ from statsmodels.stats.multitest import multipletests
 from jepa_lab.spec.study import ObjectiveSpec
 from jepa_lab.study import export
 from jepa_lab.study import plot as pareto_plot
+
+from ..conftest import REPO
+
+DOCS = REPO / "docs"
 
 MIN_MIN = [
     ObjectiveSpec(metric="diag/pred_loss", direction="minimize", reference=2.0),
@@ -376,12 +382,106 @@ def test_the_paper_table_golden() -> None:
     assert tex is not None
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert "nan" not in tex.lower() and "run0" not in tex and "cfg-" not in tex
-    assert r"71.0 $\pm$ 2.5 (3)" in tex and r"probe acc. (\%)" in tex
+    assert r"71.0${}\pm{}$2.5 (3)" in tex and r"probe acc. (\%)" in tex
     assert r"\caption{Study toy\_study" in tex and "3 seeds (0, 1, 2)" in tex
     assert "paired t-test" in tex and "Holm" in tex
     assert "WARNING: unfinished: 6 of 8 trials finished" in tex
     md = export.render(paper, "md", meta)
     assert md is not None and "probe acc. (%)" in md and "WARNING: unfinished" in md
+
+
+PAGE_GOLDEN = r"""\begin{table}[t]
+\centering
+\small
+\setlength{\tabcolsep}{4pt}
+\begin{tabular}{lrrrrrr}
+\toprule
+configuration & n & probe acc. & gain over & p & pred. error $\downarrow$ & SIGReg stat. $\downarrow$ \\
+ &  & (\%) & random init & (Holm) & (MSE) & pooled \\
+ &  &  & (pp) &  &  &  \\
+\midrule
+ema, ratio=0.5* & 3 & 71.0${}\pm{}$2.5 & +10.0${}\pm{}$2.5 & 0.0033 & 0.5${}\pm{}$0 & 50${}\pm{}$0 \\
+sigreg, ratio=0.5 & 3 & 77.0${}\pm{}$2.5 & +16.0${}\pm{}$2.5 & 0.0026 & 0.6${}\pm{}$0 & 6${}\pm{}$2.48 \\
+\bottomrule
+\end{tabular}
+\caption{Study toy\_study: mean $\pm$ half-width of the 95 \% CI over 3 seeds (0, 1, 2), n per configuration in column n; accuracies in \%, differences in percentage points (pp), paired by seed. Test: paired t-test over seeds (exact McNemar on test images where n = 1), Holm-adjusted over the table; no p-value where n is too small. *: on the Pareto front of the configurations' means; $\downarrow$/$\uparrow$: the study's objectives (minimised/maximised). p: Holm-adjusted p-value of the gain over random init, -- where n allows no test. Every column: jepa-lab export -{}-wide. Hypervolume 1.5 against reference point [2.0, 100.0] (diag/pred\_loss (minimize), diag/sigreg\_pooled (minimize)).}
+\label{tab:toy-study}
+\end{table}
+"""  # noqa: E501
+
+
+TOY_META = {
+    "study": "toy_study",
+    "seeds": [0, 1, 2],
+    "hypervolume": 1.5,
+    "reference_point": [2.0, 100.0],
+    "objectives": ["diag/pred_loss (minimize)", "diag/sigreg_pooled (minimize)"],
+}
+
+
+def test_the_page_width_latex_table_golden() -> None:
+    """The default LaTeX export: 7 columns, not 24. Known values as in the golden above; the
+    Holm p-values by hand: paired t over seeds gives raw p 0.0033 (ema) and 0.0013 (sigreg),
+    Holm doubles the smaller; pred. error has no spread (± 0); SIGReg 5, 6, 7 -> 6 ± 2.48."""
+    from jepa_lab.study.paper import compact_table
+
+    params = ["strategy.kind", "mask.ratio"]
+    table = export.aggregate(export.trials_frame(rows()), MIN_MIN, params)
+    page = compact_table(table, MIN_MIN, params, {"cfg-ema"})
+    meta = TOY_META
+    assert export.render(page, "latex", meta) == PAGE_GOLDEN
+    # one seed per configuration: no p column (a column of dashes), RankMe when no objective
+    # is a diagnostic
+    single = table.assign(p_vs_random=math.nan, **{"diag/rankme": [12.345, 2.0]})
+    only = compact_table(single, [ACC[0]], params, set())
+    assert list(only.columns) == [
+        "configuration",
+        "n",
+        "probe acc. ↑\n(%)",
+        "gain over\nrandom init\n(pp)",
+        "RankMe",
+    ]
+    assert list(only["RankMe"]) == ["12.3", "2"] and "p:" not in only.attrs["legend"]
+
+
+def test_an_exported_json_renders_the_same_page_width_table(tmp_path: Path) -> None:
+    """An archived JSON export gives back the table ``export -f latex`` renders on the study."""
+    from jepa_lab.study.paper import compact_table, latex_of_export
+
+    params = ["strategy.kind", "mask.ratio"]
+    table = export.aggregate(export.trials_frame(rows()), MIN_MIN, params)
+    front_ids = {"cfg-ema"}
+    meta = TOY_META
+    out = export.export_table(table, MIN_MIN, params, front_ids=front_ids)
+    export.render(out, "json", meta, tmp_path / "t.json")
+    again = latex_of_export(json.loads((tmp_path / "t.json").read_text()))
+    direct = export.render(compact_table(table, MIN_MIN, params, front_ids), "latex", meta)
+    assert again == direct == PAGE_GOLDEN
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_the_main_jobs_page_width_table_fits_a_55_inch_text_block(tmp_path: Path) -> None:
+    """Compiled with pdflatex in a 5.5 in text block (a single-column conference page): no
+    overfull box; the wide table (every column) does not fit it."""
+    from jepa_lab.study.paper import latex_of_export
+
+    data = json.loads((DOCS / "results" / "main_job" / "ema_vs_sigreg.json").read_text())
+    page = latex_of_export(data)
+    assert page.count(r"\\") == 6  # 3 header lines, 3 configurations
+    wide = (DOCS / "results" / "main_job" / "ema_vs_sigreg.tex").read_text()
+    for name, table in (("page", page), ("wide", wide)):
+        (tmp_path / f"{name}.tex").write_text(
+            "\\documentclass{article}\\usepackage{booktabs}"
+            "\\usepackage[paperwidth=8.5in,paperheight=11in,textwidth=5.5in]{geometry}"
+            f"\\begin{{document}}{table}\\end{{document}}"
+        )
+        done = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:]
+    assert "Overfull" not in (tmp_path / "page.log").read_text()
+    assert "Overfull" in (tmp_path / "wide.log").read_text()
 
 
 def test_machine_formats_carry_front_membership_and_units(tmp_path: Path) -> None:

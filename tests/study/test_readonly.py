@@ -122,3 +122,23 @@ def test_reading_a_study_that_never_ran_leaves_no_file(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "no study" in lines[0], lines
     assert list(fresh.iterdir()) == []
+
+
+def test_export_latex_is_page_width_and_wide_has_every_column(
+    archive: tuple[Path, Path], tmp_path: Path
+) -> None:
+    home, study = archive
+    given = ["--tracking-uri", f"sqlite:///{home / 'mlflow.db'}"]
+    for name, extra in (("page", []), ("wide", ["--wide"])):
+        done = invoke("export", str(study), "-o", str(tmp_path / f"{name}.tex"), *extra, *given)
+        assert done.exit_code == 0, done.output
+    page, wide = (tmp_path / "page.tex").read_text(), (tmp_path / "wide.tex").read_text()
+    columns = [line.split("{")[2].rstrip("}") for line in (page, wide)
+               for line in line.splitlines() if line.startswith(r"\begin{tabular}")]  # fmt: skip
+    # configuration, n, probe acc., the two objectives; wide: every quantity and comparison
+    assert columns[0] == "lrrrr" and len(columns[1]) > len(columns[0])
+    assert "configuration" in page and "Pareto front" in wide and "--wide" not in wide
+    wrong = invoke("export", str(study), "-f", "md", "--wide", *given)
+    assert wrong.exit_code == 2 and wrong.output.strip().splitlines() == [
+        "error: --wide is for -f latex (the page-width table); md has every column already"
+    ]
