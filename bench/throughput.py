@@ -88,10 +88,13 @@ def measure(
         (impl, precision): build_step(impl, spec, data, replace(setup, dtype=precision))
         for impl, precision in keys
     }
-    for step in steps.values():
+    warmup_seconds = {}  # with --compile, the first compilation is in here
+    for key, step in steps.items():
+        start = time.perf_counter()
         for index in range(args.warmup):
             step(index)
         synchronise(device)
+        warmup_seconds[key] = time.perf_counter() - start
     rates: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     index = args.warmup
     for _ in range(args.windows):  # alternating rounds over the same batches
@@ -115,6 +118,7 @@ def measure(
             "flops_per_image": flops_per_image,
             "achieved_flops": rate * flops_per_image,
             "mfu": rate * flops_per_image / peaks[precision],
+            "warmup_seconds": warmup_seconds[impl, precision],
         }
     first = next(iter(peaks))
     row: dict = {
@@ -166,6 +170,7 @@ def print_precisions(rows: list[dict]) -> None:
                     f"{row['spec']:<18}{impl:<9}{precision:<6}"
                     f"{result['images_per_second']:>10.1f} img/s  MFU "
                     f"{100 * result['mfu']:>5.1f}% of {result['peak_flops'] / 1e9:.1f} GFLOP/s"
+                    f"  warm-up {result['warmup_seconds']:.1f} s"
                 )
         if "bf16_over_fp32" in row:
             print(f"{row['spec']:<18}bf16/fp32 {row['bf16_over_fp32']:.2f}x (median of rounds)")
