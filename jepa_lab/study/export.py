@@ -370,9 +370,9 @@ def export_table(
             out[metric] = table[metric]
             if seeded:
                 out[f"{metric} std"] = table[f"{metric} std"]
-            if seeded or metric.endswith("val_acc"):
-                out[f"{metric} lo"] = table[f"{metric} lo"]
-                out[f"{metric} hi"] = table[f"{metric} hi"]
+            if seeded or metric.endswith("val_acc"):  # .get: no interval without a trial
+                out[f"{metric} lo"] = table.get(f"{metric} lo")
+                out[f"{metric} hi"] = table.get(f"{metric} hi")
     for column in table.columns:
         if column.startswith(("d_vs_", "p_vs_", "test_vs_")):
             out[column] = table[column]

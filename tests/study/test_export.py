@@ -282,6 +282,16 @@ def test_every_format_round_trips(fmt: str, tmp_path: Path) -> None:
         assert "Hypervolume 1.5" in text and "diag/pred" in text
 
 
+def test_a_study_without_a_complete_trial_exports_an_empty_table() -> None:
+    """Every trial failed (what finalize meets): no summary row, and no KeyError on the missing
+    intervals of the validation accuracies."""
+    failed = [dict(row, state="FAIL") for row in rows()]
+    table = export.aggregate(export.trials_frame(failed), MIN_MIN, ["strategy.kind"])
+    assert table.empty and "eval/probe_val_acc" in table
+    out = export.export_table(table, MIN_MIN, ["strategy.kind"], export.trials_frame(failed))
+    assert set(out["state"]) == {"FAIL"} and "eval/probe_val_acc lo" in out
+
+
 def test_plots_are_written(tmp_path: Path) -> None:
     table = export.aggregate(export.trials_frame(rows()), MIN_MIN, ["strategy.kind"])
     table["front_prob"] = [1.0, 0.5]  # sigreg's membership uncertain: marked in the plot
@@ -395,3 +405,4 @@ def test_machine_formats_carry_front_membership_and_units(tmp_path: Path) -> Non
     export.render(out, "json", meta, tmp_path / "t.json")
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["finished"] is False and data["units"]["eval/probe_acc"] == "fraction"
+
