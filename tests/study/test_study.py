@@ -437,6 +437,9 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
         assert f"hypervolume {independent:.6g}" in result.stdout
     for name in ("pareto.png", "pareto.html"):
         assert in_process("plot", str(path), "-o", str(tmp_path / name)).exit_code == 0
+    drift = in_process("plot", str(path), "--kind", "drift", "-o", str(tmp_path / "d.png"))
+    assert drift.exit_code == 2 and "no run logged drift" in drift.output  # an image study
+    assert not (tmp_path / "d.png").exists()
     status = in_process("status", str(path))
     assert "COMPLETE        4" in status.stdout and "hypervolume" in status.stdout
     again = in_process("run", str(path), "--no-progress")  # complete: nothing runs again
