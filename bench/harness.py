@@ -142,8 +142,8 @@ def _our_step(spec: ExperimentSpec, data: Dataset, setup: Setup) -> Step:
     model, strategy = build_training(spec, total)
     model, strategy = model.to(device), strategy.to(device)
     precision = "bf16" if device.type == "cuda" else setup.dtype
-    match_attention(model, precision, device)
-    match_attention(strategy, precision, device)
+    match_attention(model.modules(), precision, device)
+    match_attention(strategy.modules(), precision, device)
     optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
     trained = _compiled(model, setup)
 

@@ -114,7 +114,13 @@ def world_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
     def num(key: str, fmt: str = ".3g") -> str:
         return format(metrics[key], fmt) if key in metrics else "-"
 
-    rows = [("door crossings in data", num("data/crossing_share", ".4f"))]
+    def pct(key: str) -> str:
+        return f"{100 * metrics[key]:.2f} %" if key in metrics else "-"
+
+    rows = [(
+        "door crossings in data (transitions / walks)",
+        f"{pct('data/crossing_share')} / {pct('data/crossing_trajectory_share')}",
+    )]  # fmt: skip
     for kind in ("none", "renorm", "knn"):
         steps = [k for k in (1, 10, 20, 30) if f"drift/nmse_k{k}/{kind}" in metrics]
         shown = "  ".join(f"k{k} {num(f'drift/nmse_k{k}/{kind}')}" for k in steps)

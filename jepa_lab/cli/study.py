@@ -499,7 +499,9 @@ def plot(
     kind: Annotated[
         str,
         typer.Option(
-            "--kind", help="pareto (configurations and front) or curves (probe against images)."
+            "--kind",
+            help="pareto (configurations and front), curves (probe against images) or drift "
+            "(world models: latent drift per horizon step, one curve per arm).",
         ),
     ] = "pareto",
     storage: StorageOption = None,
@@ -507,15 +509,18 @@ def plot(
 ) -> None:
     """Plot the configurations (mean with 95 % CI over seeds, each seed faintly) and their
     Pareto front, or --kind curves: the probe curve of every run (accuracy against training
-    images, logged every eval.every steps). HTML files share one plotly.min.js beside them."""
+    images, logged every eval.every steps), or --kind drift: a world-model study's latent drift
+    (NMSE) per horizon step, one curve per configuration x correction, mean over seeds with its
+    95 % CI band. HTML files share one plotly.min.js beside them."""
     from jepa_lab.cli.tables import volume_line
+    from jepa_lab.study import export as ex
     from jepa_lab.study import plot as pareto_plot
     from jepa_lab.study import results as sr
 
     if output.suffix.lower() not in pareto_plot.SUFFIXES:
         fail(f"{output}: plot to a .png, .svg, .pdf or an .html file")
-    if kind not in ("pareto", "curves"):
-        fail(f"--kind {kind!r}: expected pareto or curves")
+    if kind not in ("pareto", "curves", "drift"):
+        fail(f"--kind {kind!r}: expected pareto, curves or drift")
     plan = _plan(study_file)
     session = _session(plan, storage, tracking_uri, create=False)
     found = sr.tables(session)
@@ -530,6 +535,14 @@ def plot(
         if not curves:
             fail(f"study {plan.name}: no run logged a probe curve (set eval.every)")
         pareto_plot.plot_curves(curves, output, f"{plan.name}: probe curves")
+    elif kind == "drift":
+        runs = sr.drift_runs(session)
+        if not runs:
+            fail(f"study {plan.name}: no run logged drift per horizon step (world-model studies "
+                 "do: kind: world_model)")  # fmt: skip
+        table = ex.drift_table(runs, sr.setting_keys(plan))
+        title = f"{plan.name}: latent drift per horizon step"
+        pareto_plot.plot_drift(table, output, title, warnings)
     else:
         pareto_plot.plot(
             summary, front, plan.spec.objectives, output,

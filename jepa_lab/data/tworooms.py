@@ -9,6 +9,7 @@ function of its inputs and a seeded generator, so a seed means the same data on 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -175,6 +176,25 @@ def sample_positions(
     return torch.stack([x, y], -1)
 
 
+def door_starts(
+    n: int, length: int, spec: TwoRoomsSpec, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (n, 2) in front of the door, on either side, and headings (n,) through it.
+
+    y is uniform over the door; the distance from the wall face is uniform up to a quarter of
+    the walk's longest path (so most cross in its first half); the heading is within 30 degrees
+    of straight through, toward the other room."""
+    geo = geometry(spec)
+    u = torch.rand(n, 4, generator=generator)
+    right = u[:, 0] < 0.5
+    room = min(geo.wall_lo - geo.lo, geo.hi - geo.wall_hi) - _EPS
+    distance = u[:, 1] * min(room, 0.25 * (length - 1) * spec.max_step)
+    x = torch.where(right, geo.wall_hi + _EPS + distance, geo.wall_lo - _EPS - distance)
+    y = geo.door_lo + u[:, 2] * (geo.door_hi - geo.door_lo)
+    through = torch.where(right, torch.pi, 0.0)
+    return torch.stack([x, y], -1), through + (2 * u[:, 3] - 1) * torch.pi / 6
+
+
 @dataclass(frozen=True)
 class Trajectories:
     """Offline data: uint8 frames (N, T, 2, S, S), positions (N, T, 2), actions (N, T-1, 2)."""
@@ -183,26 +203,48 @@ class Trajectories:
     positions: torch.Tensor
     actions: torch.Tensor
 
+    def _room_changes(self, spec: TwoRoomsSpec) -> torch.Tensor:
+        """(N, T-1) whether each transition changes room."""
+        rooms = room_of(self.positions, geometry(spec))
+        return rooms[:, 1:] != rooms[:, :-1]
+
     def crossing_share(self, spec: TwoRoomsSpec) -> float:
         """Share of transitions that change room: cross-room planning needs some."""
-        rooms = room_of(self.positions, geometry(spec))
-        return float((rooms[:, 1:] != rooms[:, :-1]).float().mean())
+        return float(self._room_changes(spec).float().mean())
+
+    def crossing_trajectory_share(self, spec: TwoRoomsSpec) -> float:
+        """Share of trajectories that change room at least once."""
+        return float(self._room_changes(spec).any(1).float().mean())
+
+    def digest(self) -> str:
+        """SHA-256 of the positions and actions (the frames are a function of the positions and
+        the environment spec, which every result records)."""
+        sha = hashlib.sha256()
+        for tensor in (self.positions, self.actions):
+            sha.update(tensor.contiguous().numpy().tobytes())
+        return sha.hexdigest()
 
 
 def random_walk(
-    n: int, length: int, spec: TwoRoomsSpec, turn_std: float, seed: int
+    n: int, length: int, spec: TwoRoomsSpec, data: TrajectorySpec, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions (n, length, 2) and actions (n, length - 1, 2) of heading-persistent walks.
 
-    The heading turns by N(0, turn_std) each step; the step length is uniform in
-    [0.5, 1] * max_step. Starts are uniform over both rooms. Doors are found by walks that keep
-    their heading, which is why the heading persists."""
+    The heading turns by N(0, data.turn_std) each step; the step length is uniform in
+    [0.5, 1] * max_step. Starts are uniform over both rooms, except for a ``data.door_share``
+    of the walks, which start in front of the door heading through it (:func:`door_starts`).
+    Doors are found by walks that keep their heading, which is why the heading persists. The
+    door starts come from a generator of their own, so the share changes only those walks'
+    starts: every other number of the walks is the same at every share."""
     generator = torch.Generator().manual_seed(seed)
     pos = sample_positions(n, spec, generator)
     heading = torch.rand(n, generator=generator) * 2 * torch.pi
+    door = torch.Generator().manual_seed(derive_seed("door", seed))
+    chosen = torch.randperm(n, generator=door)[: round(data.door_share * n)]
+    pos[chosen], heading[chosen] = door_starts(len(chosen), length, spec, door)
     positions, actions = [pos], []
     for _ in range(length - 1):
-        heading = heading + turn_std * torch.randn(n, generator=generator)
+        heading = heading + data.turn_std * torch.randn(n, generator=generator)
         size = spec.max_step * (0.5 + 0.5 * torch.rand(n, generator=generator))
         act = torch.stack([heading.cos(), heading.sin()], -1) * size.unsqueeze(-1)
         pos = step(pos, act, spec)
@@ -216,9 +258,7 @@ def generate(
 ) -> Trajectories:
     """``n`` rendered trajectories of ``length`` frames; ``stream`` names disjoint seed streams
     (train, eval, bank, ...), so evaluation never sees a training or bank trajectory's seed."""
-    positions, actions = random_walk(
-        n, length, spec, data.turn_std, derive_seed("tworooms", stream, seed)
-    )
+    positions, actions = random_walk(n, length, spec, data, derive_seed("tworooms", stream, seed))
     size = spec.image_size
     frames = render_uint8(positions.reshape(-1, 2), spec).reshape(n, length, 2, size, size)
     return Trajectories(frames, positions, actions)

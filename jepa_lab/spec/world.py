@@ -71,6 +71,14 @@ class TrajectorySpec(Spec):
         description="Std (radians) of the heading change per step: small keeps walks straight "
         "enough to reach and cross the door.",
     )
+    door_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of trajectories that start in front of the door heading through it "
+        "(the rest start uniformly in both rooms): uniform starts alone cross the door in ~0.5 % "
+        "of transitions, too rarely to learn cross-room moves (0.5 gives ~2.6 %).",
+    )
 
 
 class WorldModelSpec(Spec):

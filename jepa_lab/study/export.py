@@ -298,6 +298,54 @@ def _isnan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+DRIFT = "drift/nmse/"  # + a correction: a world-model run's NMSE per horizon step
+# Reference levels of the NMSE per horizon step, logged by every world-model run: series -> label
+DRIFT_REFERENCES = {
+    "drift/ref/nmse_mean": "mean latent",
+    "drift/ref/nmse_random": "random real latent",
+}
+DRIFT_COLUMNS = ["panel", "config_id", "strategy", "correction", "reference", "k", "mean", "lo",
+                 "hi", "n"]  # fmt: skip
+
+
+def drift_table(runs: Sequence[Mapping[str, Any]], params: Sequence[str]) -> pd.DataFrame:
+    """Per arm (a configuration x a correction) and horizon step k: the mean NMSE over seeds
+    and its t-interval (NaN values, a collapsed run's, dropped; n counts the rest).
+
+    ``runs``: :func:`jepa_lab.study.results.drift_runs` rows. ``panel`` names the configuration's
+    settings other than its strategy (``loss.rollout_steps = 8``), so that within a panel each
+    strategy has one configuration. Rows with ``reference`` True are the reference levels
+    (:data:`DRIFT_REFERENCES`), over every run, with the reference's name as ``correction``.
+    """
+    others = [p for p in params if p != "strategy.kind"]
+    values: dict[tuple[str, str, str, str, bool], dict[int, list[float]]] = {}
+    for run in runs:
+        settings = run["settings"] or {}
+        panel = ", ".join(f"{p} = {_shown(settings.get(p))}" for p in others)
+        for name, points in run["series"].items():
+            if name.startswith(DRIFT):
+                arm = (panel, run["config_id"], run["strategy"], name.removeprefix(DRIFT), False)
+            elif name in DRIFT_REFERENCES:
+                arm = ("", "", "", DRIFT_REFERENCES[name], True)
+            else:
+                continue
+            for k, value in points:
+                values.setdefault(arm, {}).setdefault(int(k), []).append(float(value))
+    rows = []
+    for (panel, config, strategy, correction, reference), by_k in values.items():
+        for k in sorted(by_k):
+            interval = stats.mean_ci(by_k[k])
+            rows.append(dict(zip(DRIFT_COLUMNS, (
+                panel, config, strategy, correction, reference, k, interval.estimate,
+                interval.low, interval.high, interval.n), strict=True)))  # fmt: skip
+    return pd.DataFrame(rows, columns=DRIFT_COLUMNS)
+
+
+def _shown(value: Any) -> str:
+    """A setting's value in a label: floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def front(table: pd.DataFrame, objectives: Sequence[ObjectiveSpec]) -> pd.DataFrame:
     """The non-dominated configurations of ``aggregate``'s table, best first objective first."""
     if table.empty:
@@ -370,9 +418,9 @@ def export_table(
             out[metric] = table[metric]
             if seeded:
                 out[f"{metric} std"] = table[f"{metric} std"]
-            if seeded or metric.endswith("val_acc"):
-                out[f"{metric} lo"] = table[f"{metric} lo"]
-                out[f"{metric} hi"] = table[f"{metric} hi"]
+            if seeded or metric.endswith("val_acc"):  # .get: no interval without a trial
+                out[f"{metric} lo"] = table.get(f"{metric} lo")
+                out[f"{metric} hi"] = table.get(f"{metric} hi")
     for column in table.columns:
         if column.startswith(("d_vs_", "p_vs_", "test_vs_")):
             out[column] = table[column]

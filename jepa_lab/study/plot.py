@@ -314,3 +314,135 @@ def plot_curves(
     figure.suptitle(title, fontsize="medium")
     figure.savefig(path, dpi=130)
     return path
+
+
+LINESTYLES = {"none": "-", "renorm": "--", "knn": ":"}  # drift: line style by correction
+DASHES = {"-": "solid", "--": "dash", ":": "dot", "-.": "dashdot"}  # the same in plotly
+REFERENCE_STYLES = ("--", ":")  # drift's reference levels, grey, in DRIFT_REFERENCES order
+DRIFT_AXIS = "latent drift, NMSE (squared error / total variance)"
+DRIFT_NOTE = "mean over seeds, band: 95 % t-interval"
+
+
+def linestyle(correction: str) -> str:
+    """The correction's line style: fixed for none, renorm, knn; dash-dot for any other."""
+    return LINESTYLES.get(correction, "-.")
+
+
+def _drift_arms(rows: pd.DataFrame, kinds: list[str]) -> list[tuple[str, str, str, pd.DataFrame]]:
+    """(strategy, correction, legend label, rows by k) of a panel's arms: by strategy, then
+    correction (none, renorm, knn, others); a collapsed arm (NaN on every seed) says so."""
+    order = [*LINESTYLES]
+    arms = []
+    for (strategy, correction), arm in rows.groupby(["strategy", "correction"], sort=False):
+        fix = "no correction" if correction == "none" else f"{correction} correction"
+        collapsed = not np.isfinite(arm["mean"].to_numpy(float)).any()
+        label = f"{strategy}, {fix}" + (": collapsed (NaN NMSE)" if collapsed else "")
+        arms.append((str(strategy), str(correction), label, arm.sort_values("k")))
+    rank = {c: order.index(c) if c in order else len(order) for _, c, _, _ in arms}
+    return sorted(arms, key=lambda a: (kinds.index(a[0]), rank[a[1]], a[1]))
+
+
+def plot_drift(table: pd.DataFrame, path: Path, title: str, warnings: Sequence[str] = ()) -> Path:
+    """Latent drift per horizon step, by ``path``'s suffix (.png, .svg, .pdf, .html).
+
+    ``table``: :func:`jepa_lab.study.export.drift_table`. One curve per arm (configuration x
+    correction): the mean NMSE over seeds, its 95 % t-interval over seeds as a band; colour by
+    strategy (:data:`COLOURS`), line style by correction (:data:`LINESTYLES`); one panel per
+    setting of the study's other keys; the reference levels in grey. An arm whose NMSE is NaN on
+    every seed (collapsed) is named in the legend, with nothing drawn.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{path.name}: plot to a .png, .svg, .pdf or an .html file")
+    is_reference = table["reference"].astype(bool)
+    arms, references = table[~is_reference], table[is_reference]
+    panels = list(dict.fromkeys(arms["panel"]))
+    kinds = sorted(str(k) for k in arms["strategy"].unique())
+    levels = [(name, ref.sort_values("k"), style) for (name, ref), style in zip(
+        references.groupby("correction", sort=False), REFERENCE_STYLES, strict=False)]  # fmt: skip
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    if suffix == ".html":
+        return _drift_html(arms, levels, panels, kinds, (rows, cols), path, title, warnings)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.2 * cols, 4.2 * rows), layout="constrained")
+    grid = figure.subplots(rows, cols, squeeze=False, sharey=True)
+    for axes, panel in zip(grid.flat, panels, strict=False):
+        for strategy, correction, label, arm in _drift_arms(arms[arms["panel"] == panel], kinds):
+            c, k = colour(strategy, kinds), arm["k"].to_numpy(int)
+            axes.plot(k, arm["mean"].to_numpy(float), color=c, ls=linestyle(correction), lw=1.5,
+                      label=label)  # fmt: skip
+            low, high = arm["lo"].to_numpy(float), arm["hi"].to_numpy(float)
+            if (np.isfinite(low) & np.isfinite(high)).any():
+                axes.fill_between(k, low, high, color=c, alpha=0.15, lw=0, label="_ci")
+        for name, ref, style in levels:
+            axes.plot(ref["k"].to_numpy(int), ref["mean"].to_numpy(float), color="0.35", ls=style,
+                      lw=1, label=f"{name} (reference)")  # fmt: skip
+        if panel:
+            axes.set_title(panel, fontsize="small")
+        axes.set_xlabel("horizon step k")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="x-small")
+    for axes in grid[:, 0]:
+        axes.set_ylabel(DRIFT_AXIS)
+    for axes in grid.flat[len(panels) :]:
+        axes.set_visible(False)
+    figure.suptitle("\n".join([title, DRIFT_NOTE, *warnings]), fontsize="medium", wrap=True)
+    figure.savefig(path, dpi=130, metadata=_metadata(suffix, title, warnings))
+    return path
+
+
+def _drift_html(
+    arms: pd.DataFrame,
+    levels: list[tuple[str, pd.DataFrame, str]],
+    panels: list[str],
+    kinds: list[str],
+    shape: tuple[int, int],
+    path: Path,
+    title: str,
+    warnings: Sequence[str],
+) -> Path:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows, cols = shape
+    figure = make_subplots(rows=rows, cols=cols, shared_yaxes=True,
+                           subplot_titles=[p or " " for p in panels])  # fmt: skip
+    shown: set[str] = set()
+    for i, panel in enumerate(panels):
+        where = {"row": i // cols + 1, "col": i % cols + 1}
+        for strategy, correction, label, arm in _drift_arms(arms[arms["panel"] == panel], kinds):
+            c, k = colour(strategy, kinds), arm["k"].to_numpy(int)
+            low, high = arm["lo"].to_numpy(float), arm["hi"].to_numpy(float)
+            band = np.isfinite(low) & np.isfinite(high)
+            if band.any():
+                figure.add_trace(go.Scatter(
+                    x=[*k[band], *k[band][::-1]], y=[*high[band], *low[band][::-1]],
+                    fill="toself", fillcolor=_rgba(c, 0.15), line={"width": 0}, hoverinfo="skip",
+                    name=f"{label}, 95 % CI", legendgroup=label, showlegend=False,
+                ), **where)  # fmt: skip
+            figure.add_trace(go.Scatter(
+                x=k, y=arm["mean"].to_numpy(float), mode="lines", name=label, legendgroup=label,
+                line={"color": c, "dash": DASHES[linestyle(correction)]},
+                showlegend=label not in shown, text=[f"n = {n}" for n in arm["n"]],
+            ), **where)  # fmt: skip
+            shown.add(label)
+        for name, ref, style in levels:
+            figure.add_trace(go.Scatter(
+                x=ref["k"], y=ref["mean"], mode="lines", name=f"{name} (reference)",
+                line={"color": "#595959", "dash": DASHES[style], "width": 1},
+                legendgroup=f"reference {name}", showlegend=i == 0,
+            ), **where)  # fmt: skip
+        figure.update_xaxes(title_text="horizon step k", **where)
+    figure.update_yaxes(title_text=DRIFT_AXIS, col=1)
+    subtitle = "<br>".join([DRIFT_NOTE, *warnings])
+    figure.update_layout(title={"text": f"{title}<br><sup>{subtitle}</sup>"})
+    figure.write_html(path, include_plotlyjs="directory", full_html=True)
+    return path
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    """``#1f77b4`` -> ``rgba(31,119,180,0.15)`` (plotly's fill colours)."""
+    red, green, blue = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{alpha})"

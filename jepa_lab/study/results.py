@@ -213,6 +213,37 @@ def probe_curves(session: Session) -> dict[str, tuple[str, list[tuple[float, flo
     return curves
 
 
+def drift_runs(session: Session) -> list[dict[str, Any]]:
+    """One row per complete trial, a configuration's seed counted once (its first trial, as the
+    tables count it): ``config_id``, ``seed``, ``strategy``, ``settings`` and ``series``, the
+    per-horizon drift of its MLflow run (each ``drift/nmse/<correction>`` and ``drift/ref/nmse_*``
+    metric history, the horizon as step) as [(k, value)]. World-model runs log these; other runs
+    give no row."""
+    from jepa_lab.study.export import DRIFT, DRIFT_REFERENCES
+
+    runs: list[dict[str, Any]] = []
+    seen: set[tuple[Any, Any]] = set()
+    with mlflow_client(session.uri) as client:
+        for row in sorted(trial_rows(session), key=lambda r: r["trial"]):
+            run_id, cell = row.get("mlflow_run_id"), (row["config_id"], row["seed"])
+            if row.get("state") != "COMPLETE" or not run_id or cell in seen:
+                continue
+            seen.add(cell)
+            names = [
+                name
+                for name in client.get_run(run_id).data.metrics
+                if name.startswith(DRIFT) or name in DRIFT_REFERENCES
+            ]
+            series = {
+                name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+                for name in sorted(names)
+            }
+            if series:
+                keep = ("config_id", "seed", "strategy", "settings")
+                runs.append({k: row[k] for k in keep} | {"series": series})
+    return runs
+
+
 def finalize(session: Session) -> None:
     """Study-level artifacts on the parent run: the Pareto table (CSV), the per-configuration
     summary, the plots (PNG, HTML) and the study file; the hypervolume as a metric."""

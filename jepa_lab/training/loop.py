@@ -205,9 +205,8 @@ def _run(
     total = spec.optim.total_steps(len(data.train_labels))
     model, strategy = build_training(spec, total, world.all_reduce_mean(), world.size)
     model, strategy = model.to(device), strategy.to(device)
-    match_attention(model, precision, device)
-    if isinstance(strategy, nn.Module):  # every strategy is one; the Protocol does not say so
-        match_attention(strategy, precision, device)
+    match_attention(model.modules(), precision, device)
+    match_attention(strategy.modules(), precision, device)
     optimizer = build_optimizer(model, spec.optim, fused=device.type == "cuda")
     checkpoint = options.run_dir / "checkpoint.pt" if options.run_dir else None
     start, records = 0, Records(history=[], curve=[], window=list(EMPTY_WINDOW))

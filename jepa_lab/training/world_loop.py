@@ -44,7 +44,10 @@ def train_world(
     data = tworooms.generate(
         spec.env, spec.data, spec.data.trajectories, spec.data.length, spec.seed, "train"
     )
-    crossing = data.crossing_share(spec.env)
+    crossing = {
+        "data/crossing_share": data.crossing_share(spec.env),
+        "data/crossing_trajectory_share": data.crossing_trajectory_share(spec.env),
+    }
     generate_seconds = time.perf_counter() - began
     frames, actions = data.frames.to(dev), data.actions.to(dev)
     n = spec.data.trajectories
@@ -52,11 +55,13 @@ def train_world(
     model = WorldModel(spec, spec.seed).to(dev)
     optimizer = build_optimizer(model, spec.optim, fused=dev.type == "cuda")
     result = TrainResult(spec, 0, provenance=provenance(dev), dataset={
-        "name": "tworooms", "origin": "generated", "trajectories": n,
+        "name": "tworooms", "origin": "generated", "digest": data.digest(), "trajectories": n,
         "length": spec.data.length, "image_shape": list(frames.shape[2:]),
-        "seed": stream_seed("train", spec.seed), "crossing_share": crossing,
+        "seed": stream_seed("train", spec.seed),
+        "crossing_share": crossing["data/crossing_share"],
+        "crossing_trajectory_share": crossing["data/crossing_trajectory_share"],
     })  # fmt: skip
-    log({"data/crossing_share": crossing, "data/generate_seconds": generate_seconds}, 0)
+    log({**crossing, "data/generate_seconds": generate_seconds}, 0)
     sums = torch.zeros(4, device=dev)
     window, window_start = 0, time.perf_counter()
     train_began = window_start
@@ -107,7 +112,7 @@ def train_world(
     progress("eval", 0, 1)
     eval_began = time.perf_counter()
     metrics, series = evaluate_world(model, spec)
-    metrics["data/crossing_share"] = crossing
+    metrics |= crossing
     metrics["eval/seconds"] = time.perf_counter() - eval_began
     result.metrics, result.series = metrics, series
     log(metrics, total)

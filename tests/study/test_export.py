@@ -288,6 +288,16 @@ def test_every_format_round_trips(fmt: str, tmp_path: Path) -> None:
         assert "Hypervolume 1.5" in text and "diag/pred" in text
 
 
+def test_a_study_without_a_complete_trial_exports_an_empty_table() -> None:
+    """Every trial failed (what finalize meets): no summary row, and no KeyError on the missing
+    intervals of the validation accuracies."""
+    failed = [dict(row, state="FAIL") for row in rows()]
+    table = export.aggregate(export.trials_frame(failed), MIN_MIN, ["strategy.kind"])
+    assert table.empty and "eval/probe_val_acc" in table
+    out = export.export_table(table, MIN_MIN, ["strategy.kind"], export.trials_frame(failed))
+    assert set(out["state"]) == {"FAIL"} and "eval/probe_val_acc lo" in out
+
+
 def test_plots_are_written(tmp_path: Path) -> None:
     table = export.aggregate(export.trials_frame(rows()), MIN_MIN, ["strategy.kind"])
     table["front_prob"] = [1.0, 0.5]  # sigreg's membership uncertain: marked in the plot
@@ -495,3 +505,83 @@ def test_machine_formats_carry_front_membership_and_units(tmp_path: Path) -> Non
     export.render(out, "json", meta, tmp_path / "t.json")
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["finished"] is False and data["units"]["eval/probe_acc"] == "fraction"
+
+
+def drift_runs(seeds: int = 3) -> list[dict]:
+    """Two configurations (sigreg healthy, none collapsed: NaN NMSE) x 3 corrections, 30 steps,
+    per seed; and the reference levels."""
+    runs = []
+    k = np.arange(1, 31)
+    for strategy, scale in (("sigreg", 1.0), ("none", math.nan)):
+        for seed in range(seeds):
+            series = {
+                f"drift/nmse/{c}": [(int(i), float(scale * (f + 0.01 * seed) * i / 30)) for i in k]
+                for c, f in (("none", 2.0), ("renorm", 1.5), ("knn", 0.5))
+            }
+            series["drift/ref/nmse_mean"] = [(int(i), 1.0 + 0.01 * seed) for i in k]
+            series["drift/ref/nmse_random"] = [(int(i), 2.0) for i in k]
+            settings = {"strategy.kind": strategy, "loss.rollout_steps": 8, "seed": seed}
+            runs.append({"config_id": f"cfg-{strategy}", "seed": seed, "strategy": strategy,
+                         "settings": settings, "series": series})  # fmt: skip
+    return runs
+
+
+def test_drift_table_is_the_t_interval_over_seeds_per_step() -> None:
+    table = export.drift_table(drift_runs(), ["strategy.kind", "loss.rollout_steps"])
+    arms = table[~table["reference"]]
+    assert len(arms) == 2 * 3 * 30 and set(arms["panel"]) == {"loss.rollout_steps = 8"}
+    row = arms[(arms["strategy"] == "sigreg") & (arms["correction"] == "knn") & (arms["k"] == 30)]
+    values = np.array([0.5, 0.51, 0.52])  # seeds 0, 1, 2 at k = 30
+    half = t_dist.ppf(0.975, 2) * sem(values)
+    assert row["mean"].item() == pytest.approx(values.mean())
+    assert row["hi"].item() - row["mean"].item() == pytest.approx(half)
+    assert row["n"].item() == 3
+    collapsed = arms[arms["strategy"] == "none"]
+    assert collapsed["mean"].isna().all() and (collapsed["n"] == 0).all()
+    refs = table[table["reference"]]
+    assert set(refs["correction"]) == {"mean latent", "random real latent"}
+    assert refs[refs["correction"] == "mean latent"]["n"].eq(6).all()  # over every run
+
+
+def test_the_drift_plot_reads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 30-point curve per arm, coloured by strategy, styled by correction, with its CI band;
+    the collapsed arms named, not drawn; grey reference levels; the same traces in plotly."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    table = export.drift_table(drift_runs(), ["strategy.kind", "loss.rollout_steps"])
+    saved: list[Figure] = []
+    original = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda f, *a, **k: (saved.append(f), original(f, *a, **k))
+    )
+    pareto_plot.plot_drift(table, tmp_path / "d.png", "toy drift", ["unfinished: 4 of 6"])
+    [axes] = [a for a in saved[0].axes if a.get_visible()]
+    assert axes.get_xlabel() == "horizon step k" and "NMSE" in axes.get_ylabel()
+    assert axes.get_title() == "loss.rollout_steps = 8"
+    lines = {ln.get_label(): ln for ln in axes.lines}
+    for correction, style in (("no", "-"), ("renorm", "--"), ("knn", ":")):
+        line = lines[f"sigreg, {correction} correction"]
+        assert list(line.get_xdata()) == list(range(1, 31))
+        assert line.get_color() == pareto_plot.COLOURS["sigreg"]
+        assert line.get_linestyle() == style
+        collapsed = lines[f"none, {correction} correction: collapsed (NaN NMSE)"]
+        assert np.isnan(collapsed.get_ydata()).all()
+    assert lines["sigreg, knn correction"].get_ydata()[-1] == pytest.approx(0.51)
+    bands = [c for c in axes.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 3 and all(b.get_label() == "_ci" for b in bands)  # sigreg's, not none's
+    knn_band = bands[2].get_paths()[0].vertices
+    assert knn_band[:, 1].max() > 0.52 and knn_band[:, 1].min() < 0.5 / 30  # wraps the seeds
+    assert lines["mean latent (reference)"].get_color() == "0.35"
+    assert "unfinished: 4 of 6" in saved[0].get_suptitle()
+    for name in ("d.svg", "d.pdf"):
+        assert pareto_plot.plot_drift(table, tmp_path / name, "toy").stat().st_size > 1000
+    pareto_plot.plot_drift(table, tmp_path / "d.html", "toy drift")
+    html = (tmp_path / "d.html").read_text()
+    assert 'src="plotly.min.js"' in html
+    raw = html[html.index("Plotly.newPlot(") :].replace(" ", "")
+    assert raw.count('"fill":"toself"') == 3
+    assert '"name":"sigreg,knncorrection"' in raw and '"dash":"dot"' in raw
+    assert pareto_plot.COLOURS["sigreg"] in raw and "meanlatent(reference)" in raw
+    with pytest.raises(ValueError, match=r"\.pdf or an \.html"):
+        pareto_plot.plot_drift(table, tmp_path / "d.txt", "toy")

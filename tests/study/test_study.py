@@ -437,6 +437,9 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
         assert f"hypervolume {independent:.6g}" in result.stdout
     for name in ("pareto.png", "pareto.html"):
         assert in_process("plot", str(path), "-o", str(tmp_path / name)).exit_code == 0
+    drift = in_process("plot", str(path), "--kind", "drift", "-o", str(tmp_path / "d.png"))
+    assert drift.exit_code == 2 and "no run logged drift" in drift.output  # an image study
+    assert not (tmp_path / "d.png").exists()
     status = in_process("status", str(path))
     assert "COMPLETE        4" in status.stdout and "hypervolume" in status.stdout
     again = in_process("run", str(path), "--no-progress")  # complete: nothing runs again
@@ -449,6 +452,73 @@ def test_grid_end_to_end_with_seeds_and_every_export(home: Path, tmp_path: Path)
     names = {a.path for a in client.list_artifacts(parent[0].info.run_id, "study")}
     assert {"study/pareto.csv", "study/pareto.png", "study/pareto.html", "study/grid.yaml"} <= names
     assert not [k for k, v in parent[0].data.params.items() if "/" in v and str(home) in v]
+
+
+# The shipped world study, shrunk to seconds: 2 strategies x 2 seeds, two training steps,
+# 30-step rollouts on 8 trajectories, 2 planning episodes per task. Two steps leave BatchNorm's
+# running variance near its initial 1, so the embeddings' spread is tiny (~1e-7 per dim): the
+# collapse threshold goes below it, so the drift is finite and the plot has curves to draw.
+WORLD_TINY = {
+    "data.trajectories": 32,
+    "optim.batch_size": 16,
+    "optim.epochs": 1,
+    "model.channels": 4,
+    "model.latent": 8,
+    "model.projector_hidden": 16,
+    "model.pred_hidden": 16,
+    "strategy.directions": 8,
+    "eval.trajectories": 8,
+    "eval.probe_frames": 64,
+    "eval.collapse_threshold": 1e-12,
+    "correction.bank_trajectories": 4,
+    "planning.episodes": 2,
+    "planning.samples": 8,
+    "planning.elites": 2,
+    "planning.iterations": 1,
+    "planning.horizon": 2,
+    "planning.max_steps": 4,
+    "planning.replan_every": 2,
+    "planning.baselines": False,
+}
+
+
+def test_a_world_study_runs_exports_and_plots_its_drift(home: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load((STUDIES / "wm_drift.yaml").read_text())
+    data |= {
+        "name": "wm_tiny",
+        "base": str(STUDIES / data["base"]),
+        "overrides": {**data["overrides"], **WORLD_TINY},
+        "grid": {"strategy.kind": ["sigreg", "none"], "loss.rollout_steps": [2]},
+        "seeds": [0, 1],
+    }
+    path = tmp_path / "wm_tiny.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = cli("run", str(path), "--no-progress", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = optuna.load_study(study_name="wm_tiny", storage=journal(home, "wm_tiny"))
+    complete = loaded.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == len(loaded.get_trials()) == 4
+    for trial in complete:
+        metrics = trial.user_attrs["jepa_lab.metrics"]
+        assert metrics["data/crossing_share"] > 0 and "drift/nmse_k30/knn" in metrics
+
+    out = tmp_path / "wm.json"
+    result = in_process("export", str(path), "--format", "json", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted(r["strategy"] for r in rows) == ["none", "sigreg"]
+    assert all(r["n"] == 2 and r["loss.rollout_steps"] == 2 for r in rows)
+    for name in ("drift.png", "drift.html"):
+        result = in_process("plot", str(path), "--kind", "drift", "-o", str(tmp_path / name))
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).stat().st_size > 1000
+    from mlflow.tracking import MlflowClient  # what the drift plot reads: horizon as the step
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    children = [r for r in mlflow_runs(home, "wm_tiny") if "drift/nmse/knn" in r.data.metrics]
+    assert len(children) == 4
+    history = client.get_metric_history(children[0].info.run_id, "drift/nmse/knn")
+    assert sorted(m.step for m in history) == list(range(1, 31))
 
 
 def search_study(tmp_path: Path, name: str, n_trials: int) -> Path:

@@ -3,6 +3,7 @@ to the documented choice and every result records what was used."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,8 @@ def test_the_cli_offers_the_same_precisions_and_refuses_others() -> None:
         resolve_precision("fp16", CPU)
 
 
-def _fused_flags(modules: torch.nn.Module) -> set[bool]:
-    return {m.fused_attn for m in modules.modules() if isinstance(m, Attention)}
+def _fused_flags(modules: Iterable[torch.nn.Module]) -> set[bool]:
+    return {m.fused_attn for m in modules if isinstance(m, Attention)}
 
 
 @pytest.mark.parametrize(
@@ -125,10 +126,10 @@ def test_the_attention_kernel_follows_the_precision(
     smoke_path: Path, precision: str, device: str, fused: bool
 ) -> None:
     model, strategy = build_training(smoke(smoke_path), 1)
-    match_attention(model, precision, torch.device(device))
-    match_attention(strategy, precision, torch.device(device))
-    assert _fused_flags(model) == {fused}
-    assert _fused_flags(strategy) in ({fused}, set())  # EMA's target encoder, if any
+    match_attention(model.modules(), precision, torch.device(device))
+    match_attention(strategy.modules(), precision, torch.device(device))
+    assert _fused_flags(model.modules()) == {fused}
+    assert _fused_flags(strategy.modules()) in ({fused}, set())  # EMA's target encoder, if any
 
 
 def test_the_explicit_attention_equals_the_fused_kernel_with_a_key_mask() -> None:
@@ -147,11 +148,11 @@ def test_the_explicit_attention_equals_the_fused_kernel_with_a_key_mask() -> Non
 def test_a_bf16_run_on_the_cpu_trains_with_the_explicit_attention(
     smoke_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[torch.nn.Module] = []
+    seen: list[list[torch.nn.Module]] = []
 
-    def spy(modules: torch.nn.Module, precision: str, device: torch.device) -> None:
-        match_attention(modules, precision, device)
-        seen.append(modules)
+    def spy(modules: Iterable[torch.nn.Module], precision: str, device: torch.device) -> None:
+        seen.append(list(modules))
+        match_attention(seen[-1], precision, device)
 
     monkeypatch.setattr(loop, "match_attention", spy)
     result = train(smoke(smoke_path, "optim.steps=2"), options=TrainOptions(precision="bf16"))

@@ -101,8 +101,11 @@ def test_quick_preset_writes_every_metric_and_reruns_identically() -> None:
         "plan/test/same/receding/oracle/success",
         "plan/test/same/receding/mcnemar_cem_knn_vs_cem",
         "drift/nmse_k30/knn",
+        "data/crossing_share",
+        "data/crossing_trajectory_share",
     ):
         assert key in first.metrics
+    assert first.dataset["digest"] == second.dataset["digest"]  # what MLflow's dataset input needs
     same = {k: v for k, v in first.metrics.items() if "seconds" not in k}
     again = {k: v for k, v in second.metrics.items() if "seconds" not in k}
     assert same.keys() == again.keys()
