@@ -64,6 +64,11 @@ QUANTITIES: dict[str, Quantity] = {
     "deploy/int8_p99_ms": Quantity("INT8 p99 latency (ms)", "", 1.0),
     "deploy/fp32_p99_ms": Quantity("fp32 p99 latency (ms)", "", 1.0),
     "deploy/speedup_p50": Quantity("INT8 p50 speedup", "", 1.0),
+    "deploy/int8_cos": Quantity("INT8 cosine to fp32", "", 1.0, ("INT8 cos.", "to fp32")),
+    "deploy/int8_rel_l2": Quantity(
+        "INT8 relative L2 to fp32", "", 1.0, ("INT8 rel. L2", "to fp32")
+    ),
+    "deploy/int8_probe_delta": Quantity("INT8 - fp32 probe acc.", "pp", POINTS),
     "wm/val_nmse_final": Quantity("30-step NMSE, validation", "", 1.0),
     "wm/val_success": Quantity("planning success, validation", "%", PERCENT),
     "wm/val_effort": Quantity("control effort, validation", "", 1.0),
