@@ -104,9 +104,7 @@ def plot(
     # one panel per pair of objectives (a single objective: against itself)
     pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))]
     pairs = pairs or [(0, 0)]
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"{path.name}: plot to a .png, .svg, .pdf or an .html file")
+    suffix = _suffix(path)
     seeds = _seed_points(trials)
     if suffix == ".html":
         return _plot_html(table, front_rows, objectives, pairs, path, title, seeds, warnings)
@@ -278,9 +276,7 @@ def plot_curves(
 ) -> Path:
     """Probe curves of runs: ``curves`` run name -> (strategy, [(training images, probe
     accuracy as a fraction)]), one line per run coloured by its strategy."""
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"{path.name}: plot to a .png, .svg, .pdf or an .html file")
+    suffix = _suffix(path)
     kinds = sorted({kind for kind, _ in curves.values()})
     label = quantity("curve/probe_acc").header
     if suffix == ".html":
@@ -351,9 +347,7 @@ def plot_drift(table: pd.DataFrame, path: Path, title: str, warnings: Sequence[s
     setting of the study's other keys; the reference levels in grey. An arm whose NMSE is NaN on
     every seed (collapsed) is named in the legend, with nothing drawn.
     """
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"{path.name}: plot to a .png, .svg, .pdf or an .html file")
+    suffix = _suffix(path)
     is_reference = table["reference"].astype(bool)
     arms, references = table[~is_reference], table[is_reference]
     panels = list(dict.fromkeys(arms["panel"]))
@@ -440,6 +434,14 @@ def _drift_html(
     figure.update_layout(title={"text": f"{title}<br><sup>{subtitle}</sup>"})
     figure.write_html(path, include_plotlyjs="directory", full_html=True)
     return path
+
+
+def _suffix(path: Path) -> str:
+    """``path``'s suffix, lower-case, if a plot can be written in that format."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{path.name}: plot to a .png, .svg, .pdf or an .html file")
+    return suffix
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:

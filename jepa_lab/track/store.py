@@ -153,6 +153,14 @@ def _store_lock(db: Path) -> contextlib.AbstractContextManager[None]:
     return exclusive(db.with_name(f".{db.name}.lock"))
 
 
+def _ready_sqlite(db: Path) -> None:
+    """The store at ``db`` ready to use where it is: created if absent, its artifact locations
+    rewritten if it was moved (:func:`jepa_lab.track.location.relocate`). Callers hold
+    ``_store_lock(db)``."""
+    _build_sqlite(db)
+    relocate(db)
+
+
 def _build_sqlite(db: Path) -> None:
     """Create the store at ``db`` if absent: schema built under a temporary name, then renamed.
 
@@ -249,8 +257,7 @@ def ensure_store(uri: str) -> None:
     if uri.startswith("sqlite:"):
         db = sqlite_path(uri)
         with translated(uri), _store_lock(db):
-            _build_sqlite(db)
-            relocate(db)
+            _ready_sqlite(db)
 
 
 def prepare_store(uri: str, experiment: str) -> str:
@@ -268,8 +275,7 @@ def prepare_store(uri: str, experiment: str) -> str:
     with translated(uri), _store_lock(db) if db else contextlib.nullcontext():
         location = None
         if db is not None:
-            _build_sqlite(db)
-            relocate(db)
+            _ready_sqlite(db)
             location = (artifact_root(db) / _slug(experiment)).as_uri()
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
