@@ -52,6 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from jepa_lab.data.datasets import load_dataset
 from jepa_lab.spec.experiment import ExperimentSpec
+from jepa_lab.training.precision import resolve_precision
 from jepa_lab.training.provenance import device_name, git_state
 
 DEFAULT_SPECS = ["studies/fmnist_ema.yaml", "studies/fmnist_sigreg.yaml"]
@@ -147,9 +148,14 @@ def measure(
             row["bf16_over_fp32"], row["bf16_over_fp32_windows"] = _ratio(
                 rates["ours", "bf16"], rates["ours", "fp32"]
             )
-            if args.peer in impls:  # both under bf16 autocast, and each at its default (fp32)
+            if args.peer in impls:  # both under bf16 autocast, and each at its own default
                 row["ours_over_peer_bf16"], _ = _ratio(
                     rates["ours", "bf16"], rates[args.peer, "bf16"]
+                )
+                ours = resolve_precision(None, device)  # auto; the peer trains in fp32 unless told
+                row["default_precisions"] = {"ours": ours, args.peer: "fp32"}
+                row["ours_over_peer_at_defaults"], _ = _ratio(
+                    rates["ours", ours], rates[args.peer, "fp32"]
                 )
     return row
 
@@ -176,6 +182,9 @@ def print_precisions(rows: list[dict]) -> None:
             print(f"{row['spec']:<18}bf16/fp32 {row['bf16_over_fp32']:.2f}x (median of rounds)")
         if "ours_over_peer_bf16" in row:
             print(f"{row['spec']:<18}ours/peer under bf16 {row['ours_over_peer_bf16']:.2f}x")
+            defaults = ", ".join(f"{k} {v}" for k, v in row["default_precisions"].items())
+            ratio = row["ours_over_peer_at_defaults"]
+            print(f"{row['spec']:<18}ours/peer, each at its default ({defaults}) {ratio:.2f}x")
 
 
 def print_table(rows: list[dict], peer: str) -> None:

@@ -61,13 +61,9 @@ def summary_table(summary: Any, session: Session) -> Any:
     front probability, and the collapse diagnostics."""
     from rich.table import Table
 
-    from jepa_lab.study.results import setting_keys
-
-    params = [
-        p
-        for p in setting_keys(session.plan)
-        if p != "strategy.kind" and p in summary and summary[p].nunique() > 1
-    ]
+    if "eval/probe_acc" not in summary and any(c.startswith("drift/") for c in summary):
+        return world_summary_table(summary, session)
+    params = _varied(summary, session)
     table = Table(
         title=f"study {session.plan.name}: {len(summary)} configurations; differences are "
         "this row minus the other, paired by seed, in points [95 % CI over seeds] img [over "
@@ -103,6 +99,57 @@ def summary_table(summary: Any, session: Session) -> Any:
         if "front_prob" in summary:
             cells.append(_cell(row.get("front_prob")))
         cells += [_fmt(row.get(m), row.get(f"{m} std")) for _, m in diagnostics]
+        table.add_row(*cells)
+    return table
+
+
+def _varied(summary: Any, session: Session) -> list[str]:
+    """The study's settings other than the strategy that differ between configurations."""
+    from jepa_lab.study.results import setting_keys
+
+    return [
+        p
+        for p in setting_keys(session.plan)
+        if p != "strategy.kind" and p in summary and summary[p].nunique() > 1
+    ]
+
+
+def world_summary_table(summary: Any, session: Session) -> Any:
+    """A world-model study per configuration: planning success on the test episodes per task
+    and arm (first planning mode; mean [95 % CI over seeds]), 30-step NMSE under each
+    correction, and the collapse diagnostics."""
+    from rich.table import Table
+
+    from jepa_lab.study.export import PLANNING
+    from jepa_lab.study.quantities import cell
+
+    params = _varied(summary, session)
+    success = [c for c in summary.columns if PLANNING.fullmatch(c) and c.endswith("/success")]
+    mode = success[0].split("/")[3] if success else ""
+    success = [c for c in success if c.split("/")[3] == mode]
+    drift = [c for c in summary.columns if c.startswith("drift/nmse_k30/")]
+    table = Table(
+        title=f"study {session.plan.name}: {len(summary)} configurations; planning success on "
+        f"the test episodes ({mode or 'no planning'}), mean ± half-width of the 95 % CI over "
+        "seeds (n)"
+    )
+    columns = [
+        *(f"{c.split('/')[2]}-room {c.split('/')[4]} (%)" for c in success),
+        *(f"NMSE k=30 {c.rsplit('/', 1)[1]}" for c in drift),
+        "RankMe",
+        "per-dim std",
+        "collapsed (%)",
+    ]
+    metrics = [*success, *drift, "diag/rankme", "diag/std", "diag/collapsed"]
+    for name in ["strategy", *params, "n", *columns]:
+        table.add_column(name, justify="left" if name == "strategy" else "right")
+    for _, row in summary.iterrows():
+        cells = [_cell(row.get("strategy")), *[_cell(row.get(p)) for p in params]]
+        cells.append(str(int(row["n"])))
+        cells += [
+            cell(m, row.get(m), row.get(f"{m} lo"), row.get(f"{m} hi"), significant=3)
+            for m in metrics
+        ]
         table.add_row(*cells)
     return table
 

@@ -14,6 +14,7 @@ of the front: :mod:`jepa_lab.study.plot`, its uncertainty by :mod:`~jepa_lab.stu
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,19 @@ REPORTED = (
     "deploy/fp32_p99_ms",
     "deploy/int8_p99_ms",
     "deploy/speedup_p50",
+)
+# World-model runs: validation numbers, collapse, the drift table's NMSE (k = 1, 10, 20, 30 under
+# each correction) and, matched by pattern since arms and modes follow the spec, planning on the
+# test episodes (:func:`reported`).
+WORLD_REPORTED = (
+    "wm/val_success",
+    "wm/val_nmse_final",
+    "diag/collapsed",
+    "diag/total_variance",
+    *(f"drift/nmse_k{k}/{c}" for c in ("none", "renorm", "knn") for k in (1, 10, 20, 30)),
+)
+PLANNING = re.compile(
+    r"plan/test/(same|cross)/[a-z_]+/[a-z_]+/(success|effort|smoothness|seconds_per_episode)"
 )
 CLAIM = "eval/probe_acc"  # the headline claim the paired comparisons test
 # Comparisons with a configuration's own baselines: name -> (its metric, its predictions).
@@ -135,6 +149,19 @@ def trials_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(flat)
 
 
+def reported(objectives: Sequence[ObjectiveSpec], columns: Sequence[str]) -> list[str]:
+    """The metrics a table reports, in order: the objectives, :data:`REPORTED`, then the
+    world-model ones (:data:`WORLD_REPORTED` and the planning metrics among ``columns``, in
+    their logged order: task, mode, arm)."""
+    metrics = [o.metric for o in objectives] + [*REPORTED, *world_metrics(columns)]
+    return [*dict.fromkeys(metrics)]
+
+
+def world_metrics(columns: Sequence[str]) -> list[str]:
+    """:data:`WORLD_REPORTED`, then the planning metrics among ``columns`` in their order."""
+    return [*WORLD_REPORTED, *(c for c in columns if PLANNING.fullmatch(c))]
+
+
 def aggregate(
     trials: pd.DataFrame, objectives: Sequence[ObjectiveSpec], params: Sequence[str]
 ) -> pd.DataFrame:
@@ -148,7 +175,7 @@ def aggregate(
     pixels) and, per other strategy ``<kind>``, the configuration that differs only in its
     strategy (every ``strategy.*`` setting may differ), paired by seed.
     """
-    metrics = [*dict.fromkeys([o.metric for o in objectives] + list(REPORTED))]
+    metrics = reported(objectives, list(trials.columns))
     done = trials[trials["state"] == "COMPLETE"] if len(trials) else trials
     if done.empty:
         return pd.DataFrame(columns=["config_id", "strategy", "n", *params, *metrics])
@@ -413,7 +440,7 @@ def export_table(
         if param != "strategy.kind":  # that is the strategy column
             out[param] = table.get(param)
     taken = {o.metric for o in objectives}
-    for metric in PROBES:
+    for metric in [*PROBES, *world_metrics(list(table.columns))]:
         if metric in table and metric not in taken:
             out[metric] = table[metric]
             if seeded:
@@ -541,7 +568,7 @@ def paper_table(
         if param != "strategy.kind":
             out[param] = [_text(v) for v in table.get(param, [])]
     out["Pareto front"] = ["yes" if c in front_ids else "no" for c in table.get("config_id", [])]
-    metrics = [*dict.fromkeys([o.metric for o in objectives] + list(REPORTED))]
+    metrics = reported(objectives, list(table.columns))
     for metric in [m for m in metrics if m in table]:
         out[header(metric)] = [
             cell(metric, r[metric], r.get(f"{metric} lo"), r.get(f"{metric} hi"), r.get("n"))

@@ -319,6 +319,20 @@ DRIFT_AXIS = "latent drift, NMSE (squared error / total variance)"
 DRIFT_NOTE = "mean over seeds, band: 95 % t-interval"
 
 
+LOG_SPAN = 30.0  # the drift axis turns logarithmic when its curves span more than this ratio
+
+
+def drift_floor(table: pd.DataFrame) -> float | None:
+    """None for a linear drift axis; else the log axis's floor (half the smallest positive mean),
+    which band edges at or below zero are clipped to. Log when the positive means span more than
+    :data:`LOG_SPAN`: one exploding arm then no longer flattens the others."""
+    means = table["mean"].to_numpy(float)
+    positive = means[np.isfinite(means) & (means > 0)]
+    if positive.size == 0 or positive.max() <= LOG_SPAN * positive.min():
+        return None
+    return float(positive.min()) / 2
+
+
 def linestyle(correction: str) -> str:
     """The correction's line style: fixed for none, renorm, knn; dash-dot for any other."""
     return LINESTYLES.get(correction, "-.")
@@ -356,8 +370,13 @@ def plot_drift(table: pd.DataFrame, path: Path, title: str, warnings: Sequence[s
         references.groupby("correction", sort=False), REFERENCE_STYLES, strict=False)]  # fmt: skip
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
+    floor = drift_floor(table)
+    if floor is not None:
+        arms = arms.assign(lo=arms["lo"].where(arms["lo"] > floor, floor))
+    axis = DRIFT_AXIS + (", log scale" if floor is not None else "")
     if suffix == ".html":
-        return _drift_html(arms, levels, panels, kinds, (rows, cols), path, title, warnings)
+        shape = (rows, cols)
+        return _drift_html(arms, levels, panels, kinds, shape, path, title, warnings, axis)
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5.2 * cols, 4.2 * rows), layout="constrained")
@@ -376,10 +395,12 @@ def plot_drift(table: pd.DataFrame, path: Path, title: str, warnings: Sequence[s
         if panel:
             axes.set_title(panel, fontsize="small")
         axes.set_xlabel("horizon step k")
+        if floor is not None:
+            axes.set_yscale("log")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="x-small")
     for axes in grid[:, 0]:
-        axes.set_ylabel(DRIFT_AXIS)
+        axes.set_ylabel(axis)
     for axes in grid.flat[len(panels) :]:
         axes.set_visible(False)
     figure.suptitle("\n".join([title, DRIFT_NOTE, *warnings]), fontsize="medium", wrap=True)
@@ -396,6 +417,7 @@ def _drift_html(
     path: Path,
     title: str,
     warnings: Sequence[str],
+    axis: str,
 ) -> Path:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -429,7 +451,9 @@ def _drift_html(
                 legendgroup=f"reference {name}", showlegend=i == 0,
             ), **where)  # fmt: skip
         figure.update_xaxes(title_text="horizon step k", **where)
-    figure.update_yaxes(title_text=DRIFT_AXIS, col=1)
+    figure.update_yaxes(title_text=axis, col=1)
+    if axis.endswith("log scale"):
+        figure.update_yaxes(type="log")
     subtitle = "<br>".join([DRIFT_NOTE, *warnings])
     figure.update_layout(title={"text": f"{title}<br><sup>{subtitle}</sup>"})
     figure.write_html(path, include_plotlyjs="directory", full_html=True)

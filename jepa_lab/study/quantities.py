@@ -72,7 +72,16 @@ QUANTITIES: dict[str, Quantity] = {
     "wm/val_nmse_final": Quantity("30-step NMSE, validation", "", 1.0),
     "wm/val_success": Quantity("planning success, validation", "%", PERCENT),
     "wm/val_effort": Quantity("control effort, validation", "", 1.0),
+    "diag/collapsed": Quantity("collapsed runs", "%", PERCENT),
+    "diag/total_variance": Quantity("total variance", "", 1.0, ("total", "variance")),
     "train/seconds": Quantity("training time (s)", "", 1.0),
+}
+# Planning metrics of world models, plan/test/<task>/<mode>/<arm>/<name>: name -> (label, unit)
+PLANNING = {
+    "success": ("success", "%"),
+    "effort": ("control effort", ""),
+    "smoothness": ("smoothness", ""),
+    "seconds_per_episode": ("planning s/episode", ""),
 }
 COMPARED = {"random": "random init", "pixels": "raw pixels"}
 
@@ -81,6 +90,15 @@ def quantity(metric: str) -> Quantity:
     """The quantity of a metric; ``d_vs_<c>`` is a difference in pp; others are shown as named."""
     if metric in QUANTITIES:
         return QUANTITIES[metric]
+    parts = metric.split("/")
+    if metric.startswith("drift/nmse_k") and len(parts) == 3:  # drift/nmse_k30/knn
+        k = parts[1].removeprefix("nmse_k")
+        return Quantity(f"NMSE at k = {k}, {parts[2]}", "", 1.0, (f"NMSE k={k}", parts[2]))
+    if metric.startswith("plan/") and len(parts) == 6 and parts[5] in PLANNING:
+        _, _, task, mode, arm, name = parts
+        label, unit = PLANNING[name]
+        where = f"{task}-room, {arm}, {mode.replace('_', '-')}"
+        return Quantity(f"{label}, {where}", unit, PERCENT if unit else 1.0, (label, where))
     if metric.startswith("d_vs_"):
         name = metric.removeprefix("d_vs_")
         other = COMPARED.get(name, name)

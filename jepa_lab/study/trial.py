@@ -35,7 +35,7 @@ class WorkerOptions:
     device: str | None = None
     data_dir: Path | None = None
     fail_fast: bool = False
-    precision: str | None = None  # auto, fp32, bf16; None: the training step's default
+    precision: str | None = None  # auto, fp32, bf16; None: auto
     share_cores: bool = False  # take cores // live local workers threads (study/local.py)
 
 

@@ -95,9 +95,8 @@ def train_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward, backward, optimiser step and strategy update; returns detached losses.
 
-    ``precision`` is a resolved one (fp32, bf16: see :func:`resolve_precision`); None keeps the
-    step's old default, bf16 on CUDA and no autocast elsewhere. fp32 opens no autocast context
-    at all, so a caller's own autocast (a benchmark measuring CPU bf16) still applies.
+    ``precision`` is a resolved one (fp32, bf16: see :func:`resolve_precision`); None is the
+    default, ``auto``. fp32 opens no autocast context at all: the step from before the setting.
     """
     with autocast(precision or resolve_precision(None, images.device), images.device):
         losses = jepa_losses(model, strategy, images, masks, loss_spec, step)

@@ -574,6 +574,8 @@ def test_the_drift_plot_reads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert knn_band[:, 1].max() > 0.52 and knn_band[:, 1].min() < 0.5 / 30  # wraps the seeds
     assert lines["mean latent (reference)"].get_color() == "0.35"
     assert "unfinished: 4 of 6" in saved[0].get_suptitle()
+    # the means span 0.017 (knn, k = 1) to 2.0 (no correction, k = 30): a log axis
+    assert axes.get_yscale() == "log" and axes.get_ylabel().endswith("log scale")
     for name in ("d.svg", "d.pdf"):
         assert pareto_plot.plot_drift(table, tmp_path / name, "toy").stat().st_size > 1000
     pareto_plot.plot_drift(table, tmp_path / "d.html", "toy drift")
@@ -583,5 +585,14 @@ def test_the_drift_plot_reads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert raw.count('"fill":"toself"') == 3
     assert '"name":"sigreg,knncorrection"' in raw and '"dash":"dot"' in raw
     assert pareto_plot.COLOURS["sigreg"] in raw and "meanlatent(reference)" in raw
+    assert '"type":"log"' in raw
     with pytest.raises(ValueError, match=r"\.pdf or an \.html"):
         pareto_plot.plot_drift(table, tmp_path / "d.txt", "toy")
+
+
+def test_the_drift_axis_turns_logarithmic_only_when_an_arm_explodes() -> None:
+    table = export.drift_table(drift_runs(), ["strategy.kind", "loss.rollout_steps"])
+    late = table[table["k"] >= 20]  # 1.0 to 2.0: linear
+    assert pareto_plot.drift_floor(late) is None
+    exploding = table.assign(mean=table["mean"].where(table["k"] != 30, 500.0))
+    assert pareto_plot.drift_floor(exploding) == pytest.approx(table["mean"].min() / 2)

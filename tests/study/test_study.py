@@ -501,6 +501,9 @@ def test_a_world_study_runs_exports_and_plots_its_drift(home: Path, tmp_path: Pa
     for trial in complete:
         metrics = trial.user_attrs["jepa_lab.metrics"]
         assert metrics["data/crossing_share"] > 0 and "drift/nmse_k30/knn" in metrics
+    # the summary a world study ends with: planning and drift, not the image probe's columns
+    summary = done.stdout.replace("\n", " ")
+    assert "cross-room" in summary and "NMSE k=30" in summary and "probe (test)" not in summary
 
     out = tmp_path / "wm.json"
     result = in_process("export", str(path), "--format", "json", "-o", str(out))
@@ -508,6 +511,12 @@ def test_a_world_study_runs_exports_and_plots_its_drift(home: Path, tmp_path: Pa
     rows = json.loads(out.read_text())["rows"]
     assert sorted(r["strategy"] for r in rows) == ["none", "sigreg"]
     assert all(r["n"] == 2 and r["loss.rollout_steps"] == 2 for r in rows)
+    for metric in ("drift/nmse_k30/knn", "plan/test/cross/receding/cem/success", "diag/collapsed"):
+        assert all(metric in r and f"{metric} lo" in r for r in rows), metric
+    markdown = tmp_path / "wm.md"
+    assert in_process("export", str(path), "-f", "md", "-o", str(markdown)).exit_code == 0
+    assert "NMSE at k = 30, knn" in markdown.read_text()
+    assert "success, cross-room, cem, receding (%)" in markdown.read_text()
     for name in ("drift.png", "drift.html"):
         result = in_process("plot", str(path), "--kind", "drift", "-o", str(tmp_path / name))
         assert result.exit_code == 0, result.output

@@ -17,6 +17,7 @@ from jepa_lab.data.datasets import load_dataset
 from jepa_lab.spec.experiment import ExperimentSpec
 from jepa_lab.spec.load import load
 from jepa_lab.training import loop
+from jepa_lab.training import precision as precision_module
 from jepa_lab.training.loop import TrainOptions, global_batch, train, train_step
 from jepa_lab.training.optim import build_optimizer
 from jepa_lab.training.precision import PRECISIONS, cpu_has_native_bf16, resolve_precision
@@ -65,17 +66,27 @@ def test_bf16_on_the_cpu_runs_the_matmuls_in_bf16_and_sigreg_in_fp32(smoke_path:
     assert reg.dtype == torch.float32 and torch.isfinite(reg)
 
 
-@pytest.mark.parametrize("precision", ["fp32", None])
-def test_fp32_and_the_default_on_the_cpu_open_no_autocast(
-    smoke_path: Path, precision: str | None
-) -> None:
-    dtypes, states, _ = _one_step(smoke(smoke_path), precision)
+def test_fp32_opens_no_autocast(smoke_path: Path) -> None:
+    dtypes, states, _ = _one_step(smoke(smoke_path), "fp32")
     assert dtypes == [torch.float32] and states == [False]
 
 
-def test_fp32_is_bit_identical_to_a_run_without_the_option(smoke_path: Path) -> None:
+def test_the_default_is_auto(smoke_path: Path) -> None:
+    dtypes, states, _ = _one_step(smoke(smoke_path), None)
+    native = cpu_has_native_bf16()
+    assert dtypes == [torch.bfloat16 if native else torch.float32]
+    assert states == [native]
+
+
+def test_fp32_is_bit_identical_to_the_step_from_before_the_setting(
+    smoke_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the setting existed the CPU step ran without autocast: that is still the default
+    on a CPU without native bf16, and --precision fp32 must give it bit for bit."""
     spec = smoke(smoke_path)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
     plain = train(spec, options=TrainOptions(device="cpu"))
+    monkeypatch.undo()
     fp32 = train(spec, options=TrainOptions(device="cpu", precision="fp32"))
     assert plain.history == [
         {**row, "train/images_per_second": plain.history[i]["train/images_per_second"]}
@@ -90,12 +101,13 @@ def test_auto_resolves_to_the_documented_choice_and_is_recorded(smoke_path: Path
     assert resolve_precision("auto", CPU) == expected
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
     assert resolve_precision("auto", torch.device("mps")) == "fp32"
-    assert resolve_precision(None, CPU) == "fp32"
+    assert resolve_precision(None, CPU) == expected  # the default is auto
     assert resolve_precision(None, torch.device("cuda")) == "bf16"
     assert resolve_precision("bf16", CPU) == "bf16"
-    result = train(smoke(smoke_path, "optim.steps=5"), options=TrainOptions(precision="auto"))
-    assert result.provenance["precision"] == expected
-    assert result.to_dict()["provenance"]["precision"] == expected
+    for asked in ("auto", None):
+        result = train(smoke(smoke_path, "optim.steps=5"), options=TrainOptions(precision=asked))
+        assert result.provenance["precision"] == expected
+        assert result.to_dict()["provenance"]["precision"] == expected
 
 
 def test_the_cpu_flags_decide_native_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
