@@ -120,38 +120,57 @@ def world_summary_table(summary: Any, session: Session) -> Any:
     correction, and the collapse diagnostics."""
     from rich.table import Table
 
-    from jepa_lab.study.export import PLANNING
+    from jepa_lab.study.export import PLANNING, VS_CEM
     from jepa_lab.study.quantities import cell
 
     params = _varied(summary, session)
     success = [c for c in summary.columns if PLANNING.fullmatch(c) and c.endswith("/success")]
     mode = success[0].split("/")[3] if success else ""
     success = [c for c in success if c.split("/")[3] == mode]
-    drift = [c for c in summary.columns if c.startswith("drift/nmse_k30/")]
+    versus = [
+        c
+        for c in summary.columns
+        if c.startswith(VS_CEM) and " " not in c and c.split("/")[2] == mode
+    ]
+    drift = [c for c in summary.columns if c.startswith("drift/nmse_k30/") and " " not in c]
     table = Table(
         title=f"study {session.plan.name}: {len(summary)} configurations; planning success on "
-        f"the test episodes ({mode or 'no planning'}), mean ± half-width of the 95 % CI over "
-        "seeds (n)"
+        f"the test episodes (same / cross room, {mode or 'no planning'}), mean ± half-width of "
+        "the 95 % CI over seeds; an arm - cem: pooled over seeds' episodes, exact McNemar"
     )
     columns = [
-        *(f"{c.split('/')[2]}-room {c.split('/')[4]} (%)" for c in success),
+        *(f"{c.split('/')[2]} {c.split('/')[4]} (%)" for c in success),
+        *(f"{c.split('/')[1]} {c.split('/')[3]} - cem (pp)" for c in versus),
         *(f"NMSE k=30 {c.rsplit('/', 1)[1]}" for c in drift),
         "RankMe",
         "per-dim std",
         "collapsed (%)",
     ]
-    metrics = [*success, *drift, "diag/rankme", "diag/std", "diag/collapsed"]
+    diagnostics = [*drift, "diag/rankme", "diag/std", "diag/collapsed"]
     for name in ["strategy", *params, "n", *columns]:
         table.add_column(name, justify="left" if name == "strategy" else "right")
     for _, row in summary.iterrows():
         cells = [_cell(row.get("strategy")), *[_cell(row.get(p)) for p in params]]
         cells.append(str(int(row["n"])))
-        cells += [
-            cell(m, row.get(m), row.get(f"{m} lo"), row.get(f"{m} hi"), significant=3)
-            for m in metrics
-        ]
+        ci = [(m, row.get(m), row.get(f"{m} lo"), row.get(f"{m} hi")) for m in success]
+        cells += [cell(*c, significant=3) for c in ci]
+        cells += [_versus(row, c) for c in versus]
+        ci = [(m, row.get(m), row.get(f"{m} lo"), row.get(f"{m} hi")) for m in diagnostics]
+        cells += [cell(*c, significant=3) for c in ci]
         table.add_row(*cells)
     return table
+
+
+def _versus(row: Any, column: str) -> str:
+    """A planning arm against cem, pooled over seeds: the difference, then the Holm-adjusted
+    McNemar p or why there is none."""
+    diff = row.get(column)
+    if not isinstance(diff, float) or math.isnan(diff):
+        return "-"
+    p = row.get(f"{column} p")
+    if isinstance(p, float) and math.isfinite(p):
+        return f"{100 * diff:+.1f} (p_Holm {p:.2g})"
+    return f"{100 * diff:+.1f} (no test)"  # why: the exports' "test" column
 
 
 def front_table(front: Any, session: Session) -> Any:

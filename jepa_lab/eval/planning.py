@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -166,6 +167,17 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
+
+
+def success_bits(success: Tensor) -> str:
+    """Per-episode successes as text ("0110..."), kept with a result so that a study can pool
+    the paired episodes of its seeds (:func:`jepa_lab.study.export.planning_comparisons`)."""
+    return "".join("1" if bool(s) else "0" for s in success.reshape(-1).tolist())
+
+
+def success_array(bits: str) -> np.ndarray:
+    """:func:`success_bits`'s text back to (E,) booleans."""
+    return np.frombuffer(bits.encode("ascii"), dtype=np.uint8) == ord("1")
 
 
 def mcnemar(a: Tensor, b: Tensor) -> float:

@@ -27,6 +27,7 @@ from jepa_lab.eval.planning import (
     run_episodes,
     simulator_cost,
     step_weights,
+    success_bits,
 )
 from jepa_lab.eval.rollout import (
     Bank,
@@ -123,8 +124,11 @@ def _planning(
 @torch.no_grad()
 def evaluate_world(
     model: WorldModel, spec: WorldSpec
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Scalar metrics, and per-horizon series (K values each, logged with the horizon as step)."""
+) -> tuple[dict[str, float], dict[str, list[float]], dict[str, str]]:
+    """Scalar metrics, per-horizon series (K values each, logged with the horizon as step), and
+    the per-episode test successes of every planning arm (``pred/plan/test/<task>/<mode>/<arm>``,
+    :func:`~jepa_lab.eval.planning.success_bits`), paired across arms and, at equal seeds,
+    across runs."""
     model = model.cpu().eval()
     env, ev, seed = spec.env, spec.eval, spec.seed
     length = spec.data.length
@@ -193,7 +197,9 @@ def evaluate_world(
         metrics["wm/val_effort"] = (
             sum(val_metrics[f"plan/val/{t}/{mode}/{arm}/effort"] for t in ("same", "cross")) / 2
         )
+    predictions: dict[str, str] = {}
     if spec.planning.episodes:
-        test_metrics, _ = _planning(model, spec, corrections, "test", spec.planning.episodes)
+        test_metrics, outcomes = _planning(model, spec, corrections, "test", spec.planning.episodes)
         metrics |= test_metrics
-    return metrics, series
+        predictions = {f"pred/{name}": success_bits(won) for name, won in outcomes.items()}
+    return metrics, series, predictions

@@ -208,7 +208,59 @@ def aggregate(
             row[f"{metric} lo"], row[f"{metric} hi"] = interval.low, interval.high
         groups.append(row)
     table = pd.DataFrame(groups)
-    return comparisons(table, done, params) if CLAIM in done.columns else table
+    if CLAIM in done.columns:
+        return comparisons(table, done, params)
+    return planning_comparisons(table, done)
+
+
+PLAN_PREDICTIONS = re.compile(r"pred/plan/test/(same|cross)/([a-z_]+)/([a-z_]+)")
+VS_CEM = "vs_cem/"  # + <task>/<mode>/<arm>: a planning arm against CEM on the uncorrected model
+
+
+def planning_comparisons(table: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
+    """A world-model study's planning arms against ``cem`` (CEM on the uncorrected model), per
+    configuration, task and mode, on the same test episodes pooled over seeds: every (seed,
+    episode) is one pair, so three seeds of 100 episodes give 300.
+
+    Columns ``vs_cem/<task>/<mode>/<arm>``: the success difference (arm minus cem), ``... p``:
+    the exact McNemar p-value over the discordant pairs, Holm-adjusted over every such test in the
+    table (``... p raw`` unadjusted), ``... test``: the test and its size, or why there is none.
+    A configuration whose runs did not all keep their per-episode successes gets no column.
+    """
+    from jepa_lab.eval.planning import success_array
+
+    if table.empty or "predictions" not in done:
+        return table
+    found: dict[str, dict[str, Any]] = {}
+    family: dict[tuple[str, str], float] = {}
+    for config, group in done.groupby("config_id", sort=False):
+        kept = list(group["predictions"])
+        if not kept or not all(isinstance(k, dict) for k in kept):
+            continue
+        for key in kept[0]:
+            match = PLAN_PREDICTIONS.fullmatch(key)
+            if match is None or match.group(3) == "cem":
+                continue
+            task, mode, arm = match.groups()
+            cem = f"pred/plan/test/{task}/{mode}/cem"
+            if not all(key in k and cem in k for k in kept):
+                continue
+            a = np.concatenate([success_array(k[key]) for k in kept])
+            b = np.concatenate([success_array(k[cem]) for k in kept])
+            if a.shape != b.shape:
+                continue
+            name = f"{VS_CEM}{task}/{mode}/{arm}"
+            p, test = stats.mcnemar_exact(a, b, "episode")
+            found.setdefault(config, {})[name] = float(a.mean() - b.mean())
+            found[config][f"{name} test"] = f"{test}; {len(kept)} seeds, {len(a)} episodes"
+            found[config][f"{name} p raw"] = p
+            family[config, name] = p
+    if not found:
+        return table
+    for (config, name), adjusted in zip(family, stats.holm(list(family.values())), strict=True):
+        found[config][f"{name} p"] = float(adjusted)
+    extra = pd.DataFrame.from_dict(found, orient="index")
+    return table.merge(extra, left_on="config_id", right_index=True, how="left")
 
 
 def comparisons(table: pd.DataFrame, done: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
@@ -449,7 +501,7 @@ def export_table(
                 out[f"{metric} lo"] = table.get(f"{metric} lo")
                 out[f"{metric} hi"] = table.get(f"{metric} hi")
     for column in table.columns:
-        if column.startswith(("d_vs_", "p_vs_", "test_vs_")):
+        if column.startswith(("d_vs_", "p_vs_", "test_vs_", VS_CEM)):
             out[column] = table[column]
     out["state"] = table.get("state")
     if trials is not None:
@@ -574,6 +626,11 @@ def paper_table(
             cell(metric, r[metric], r.get(f"{metric} lo"), r.get(f"{metric} hi"), r.get("n"))
             for _, r in table.iterrows()
         ]
+    for column in [c for c in table.columns if c.startswith(VS_CEM) and " " not in c]:
+        out[header(column)] = [cell(column, r[column], n=r.get("n")) for _, r in table.iterrows()]
+        out[f"p (Holm, McNemar) {column.removeprefix(VS_CEM)}"] = [
+            _p_or_reason(r.get(f"{column} p"), r.get(f"{column} test")) for _, r in table.iterrows()
+        ]
     for column in [c for c in table.columns if c.startswith("d_vs_") and " " not in c]:
         name = column.removeprefix("d_vs_")
         out[header(column)] = [
@@ -591,10 +648,13 @@ def _text(value: Any) -> str:
 
 
 def _p(row: pd.Series, name: str) -> str:
-    p = row.get(f"p_vs_{name}")
+    return _p_or_reason(row.get(f"p_vs_{name}"), row.get(f"test_vs_{name}"))
+
+
+def _p_or_reason(p: Any, reason: Any) -> str:
+    """A p-value to 2 digits, else why there is none, else a dash."""
     if isinstance(p, float) and math.isfinite(p):
         return f"{p:.2g}"
-    reason = row.get(f"test_vs_{name}")
     return reason if isinstance(reason, str) and reason else "–"
 
 

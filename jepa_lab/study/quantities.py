@@ -99,6 +99,10 @@ def quantity(metric: str) -> Quantity:
         label, unit = PLANNING[name]
         where = f"{task}-room, {arm}, {mode.replace('_', '-')}"
         return Quantity(f"{label}, {where}", unit, PERCENT if unit else 1.0, (label, where))
+    if metric.startswith("vs_cem/") and len(parts) == 4:  # vs_cem/cross/receding/cem_knn
+        _, task, mode, arm = parts
+        where = f"{task}-room, {mode.replace('_', '-')}"
+        return Quantity(f"Δ success, {arm} - cem, {where}", "pp", POINTS, (f"{arm} - cem", where))
     if metric.startswith("d_vs_"):
         name = metric.removeprefix("d_vs_")
         other = COMPARED.get(name, name)

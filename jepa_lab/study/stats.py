@@ -115,8 +115,11 @@ def paired_t(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Co
     return Comparison(diff, low, high, nan, nan, n, float(result.pvalue), f"paired t, n = {n}")
 
 
-def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, str]:
-    """Exact McNemar p-value of two classifiers scored on the same images (M,) booleans.
+def mcnemar_exact(
+    correct_a: np.ndarray, correct_b: np.ndarray, unit: str = "image"
+) -> tuple[float, str]:
+    """Exact McNemar p-value of two classifiers scored on the same images (M,) booleans (or of
+    two planners on the same episodes: ``unit`` names what is paired, in the reason).
 
     Only the discordant images count: b (a right, b wrong) and c (a wrong, b right), with
     p = two-sided binomial(b; b + c, 1/2). No discordant image: no test (NaN).
@@ -129,7 +132,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, 
     table = [[int(np.sum(a & b)), int(np.sum(a & ~b))], [int(np.sum(~a & b)), int(np.sum(~a & ~b))]]
     discordant = table[0][1] + table[1][0]
     if discordant == 0:
-        return math.nan, "no discordant image: no test"
+        return math.nan, f"no discordant {unit}: no test"
     return float(mcnemar(table, exact=True).pvalue), f"McNemar exact, {discordant} discordant"
 
 

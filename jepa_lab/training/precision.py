@@ -2,8 +2,9 @@
 
 The default (None) is ``auto``: bf16 autocast on CUDA and on CPUs with native bf16 arithmetic
 (AVX512-BF16 or AMX on x86, Apple silicon), fp32 elsewhere. bf16 became the CPU default once it
-measured no worse than fp32 over 3 seeds on both shipped recipes (docs/results.md, "Speed"). SIGReg, the probe and the
-loss reduction stay fp32 whatever is chosen; the precision used is recorded with every result.
+measured no worse than fp32 over 3 seeds on both shipped recipes (docs/results.md, "Speed").
+SIGReg, the probe and the loss reduction stay fp32 whatever is chosen; the precision used is
+recorded with every result.
 """
 
 from __future__ import annotations

@@ -111,10 +111,10 @@ def train_world(
     )
     progress("eval", 0, 1)
     eval_began = time.perf_counter()
-    metrics, series = evaluate_world(model, spec)
+    metrics, series, predictions = evaluate_world(model, spec)
     metrics |= crossing
     metrics["eval/seconds"] = time.perf_counter() - eval_began
-    result.metrics, result.series = metrics, series
+    result.metrics, result.series, result.predictions = metrics, series, predictions
     log(metrics, total)
     progress("eval", 1, 1)
     return result

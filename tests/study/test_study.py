@@ -503,7 +503,8 @@ def test_a_world_study_runs_exports_and_plots_its_drift(home: Path, tmp_path: Pa
         assert metrics["data/crossing_share"] > 0 and "drift/nmse_k30/knn" in metrics
     # the summary a world study ends with: planning and drift, not the image probe's columns
     summary = done.stdout.replace("\n", " ")
-    assert "cross-room" in summary and "NMSE k=30" in summary and "probe (test)" not in summary
+    assert "cross cem" in summary and "NMSE k=30" in summary and "probe (test)" not in summary
+    assert "knn std" not in summary  # one column per quantity, its CI inside the cell
 
     out = tmp_path / "wm.json"
     result = in_process("export", str(path), "--format", "json", "-o", str(out))
