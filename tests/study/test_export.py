@@ -639,4 +639,4 @@ def test_planning_arms_are_compared_with_cem_on_episodes_pooled_over_seeds() -> 
     assert sigreg["drift/nmse_k30/knn lo"] < 0.31 < sigreg["drift/nmse_k30/knn hi"]
     paper = export.paper_table(table, objectives, ["strategy.kind"], set())
     assert "Δ success, cem_knn - cem, cross-room, receding (pp)" in paper.columns
-    assert list(paper["p (Holm, McNemar) cross/receding/cem_knn"])[0] == f"{holm[0]:.2g}"
+    assert paper["p (Holm, McNemar) cross/receding/cem_knn"].iloc[0] == f"{holm[0]:.2g}"
