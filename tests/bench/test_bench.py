@@ -120,3 +120,49 @@ def test_fuzz_runs_validate_on_mutants_and_writes_its_counts(tmp_path: Path) -> 
     assert report["exit_codes"].get("2", 0) >= 11  # most mutants are invalid
     assert report["tracebacks"] == 0, report["offending"]
     assert "mutants in" in done.stdout
+
+
+@pytest.mark.skipif(find_spec("lightly") is None, reason="lightly not installed (.[bench])")
+def test_throughput_reports_ours_and_the_peer_each_at_its_default_precision(
+    smoke_path: Path, tmp_path: Path
+) -> None:
+    from jepa_lab.training.precision import cpu_has_native_bf16
+
+    out = tmp_path / "defaults.json"
+    window = ["--warmup", "1", "--windows", "2", "--window-steps", "1"]
+    done = bench("throughput.py", str(smoke_path), "--peer", "lightly", "--precisions",
+                 "fp32,bf16", *TINY, *window, "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    [row] = json.loads(out.read_text())["results"]
+    ours = "bf16" if cpu_has_native_bf16() else "fp32"  # auto, on this CPU
+    assert row["default_precisions"] == {"ours": ours, "lightly": "fp32"}
+    assert row["ours_over_peer_at_defaults"] > 0 and "each at its default" in done.stdout
+
+
+WORLD_TINY = [
+    "data.trajectories=64",
+    "optim.batch_size=8",
+    "model.channels=4",
+    "model.latent=8",
+    "model.projector_hidden=16",
+    "model.pred_hidden=16",
+    "strategy.directions=8",
+]
+
+
+def test_the_world_step_bench_times_steps_and_projects_a_run(tmp_path: Path) -> None:
+    out = tmp_path / "world.json"
+    spec = str(REPO / "studies" / "wm_tworooms_sigreg.yaml")
+    sets = [arg for item in WORLD_TINY for arg in ("--set", item)]
+    done = bench("world_step.py", spec, *sets, "--steps", "2", "--rounds", "2", "--warmup", "1",
+                 "--threads", "1", "--profile", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["batch"] == 8 and row["frames_per_step"] == 8 * 17
+    assert len(row["seconds_per_step_rounds"]) == 2 and row["seconds_per_step"] > 0
+    assert row["projected_train_seconds"] == pytest.approx(
+        row["total_steps"] * row["seconds_per_step"]
+    )
+    assert row["top_ops"] and "wm_tworooms_sigreg" in done.stdout
+    bad = bench("world_step.py", spec, "--set", "model.channels=0")
+    assert bad.returncode == 2 and "model.channels" in bad.stderr and "Traceback" not in bad.stderr
