@@ -178,7 +178,10 @@ def test_a_served_run_has_params_tags_metrics_artifacts_and_dataset(
     for package in ("jepa_lab", "torch", "timm"):
         assert tags[f"jepa_lab.version.{package}"] not in ("", "unknown")
     assert tags["jepa_lab.device_name"] == result["provenance"]["device_name"]
-    assert tags["jepa_lab.precision"] == result["provenance"]["precision"] == "fp32"
+    from jepa_lab.training.precision import cpu_has_native_bf16
+
+    auto = "bf16" if cpu_has_native_bf16() else "fp32"  # the default, auto, on this CPU
+    assert tags["jepa_lab.precision"] == result["provenance"]["precision"] == auto
 
     # log_every=5 in smoke.yaml: training metrics at steps 5 and 10, evaluation at the end.
     for key in ("train/loss", "train/loss_pred", "train/loss_reg", "train/lr", "train/momentum",

@@ -1,7 +1,7 @@
 """Run under torchrun by test_distributed.py: train the smoke spec with test-only options.
 
-argv[1] is a JSON object: overrides, run_dir, stop_at, resume, fail_rank, fail_step, probe_sleep
-(seconds rank 0's mid-run probe is slowed by).
+argv[1] is a JSON object: overrides, run_dir, stop_at, resume, precision (default fp32),
+fail_rank, fail_step, probe_sleep (seconds rank 0's mid-run probe is slowed by).
 """
 
 from __future__ import annotations
@@ -43,9 +43,12 @@ if args.get("probe_sleep") and rank == 0:
     trainer.probe_now = slow_probe  # type: ignore[assignment]
 
 spec = load(ExperimentSpec, STUDIES / "smoke.yaml", args["overrides"])
+# fp32 unless told: these tests compare one rank with two to 1e-4, which bf16's rounding of
+# half and whole batches would not meet (the default, auto, is bf16 on CPUs that have it)
 options = TrainOptions(
     device="cpu", run_dir=args["run_dir"] and __import__("pathlib").Path(args["run_dir"]),
     stop_at=args.get("stop_at"), resume=args.get("resume", False),
+    precision=args.get("precision", "fp32"),
 )  # fmt: skip
 result = train(spec, options=options)
 if rank == 0:
