@@ -27,12 +27,14 @@ def bench(
 def test_throughput_peer_runs_alternating_windows_and_writes_the_ratio(
     smoke_path: Path, tmp_path: Path
 ) -> None:
+    from jepa_lab.training.precision import cpu_has_native_bf16
+
     out = tmp_path / "peer.json"
     window = ["--warmup", "1", "--windows", "2", "--window-steps", "1"]
-    done = bench("throughput.py", str(smoke_path), "--peer", "lightly", *TINY, *window,
-                 "--json", str(out))  # fmt: skip
+    done = bench("throughput.py", str(smoke_path), "--peer", "lightly", "--precisions",
+                 "fp32,bf16", *TINY, *window, "--json", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "ours/lightly" in done.stdout
+    assert "ours/lightly" in done.stdout and "each at its default" in done.stdout
     report = json.loads(out.read_text())
     assert report["peer"]["name"] == "lightly" and report["peer"]["version"].startswith("1.6")
     [row] = report["results"]
@@ -41,6 +43,10 @@ def test_throughput_peer_runs_alternating_windows_and_writes_the_ratio(
     # Same shapes, same masks: the FLOP counter sees the same model work in both steps.
     assert peer["flops_per_image"] == pytest.approx(row["flops_per_image"], rel=0.01)
     assert row["ours_over_peer"] > 0 and len(row["ours_over_peer_windows"]) == 2
+    # ours at its default (auto, on this CPU) against lightly at its own (fp32)
+    ours = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert row["default_precisions"] == {"ours": ours, "lightly": "fp32"}
+    assert row["ours_over_peer_at_defaults"] > 0 and row["ours_over_peer_bf16"] > 0
 
 
 def test_throughput_precisions_alternate_and_report_the_ratio_and_each_peak(
@@ -120,23 +126,6 @@ def test_fuzz_runs_validate_on_mutants_and_writes_its_counts(tmp_path: Path) -> 
     assert report["exit_codes"].get("2", 0) >= 11  # most mutants are invalid
     assert report["tracebacks"] == 0, report["offending"]
     assert "mutants in" in done.stdout
-
-
-@pytest.mark.skipif(find_spec("lightly") is None, reason="lightly not installed (.[bench])")
-def test_throughput_reports_ours_and_the_peer_each_at_its_default_precision(
-    smoke_path: Path, tmp_path: Path
-) -> None:
-    from jepa_lab.training.precision import cpu_has_native_bf16
-
-    out = tmp_path / "defaults.json"
-    window = ["--warmup", "1", "--windows", "2", "--window-steps", "1"]
-    done = bench("throughput.py", str(smoke_path), "--peer", "lightly", "--precisions",
-                 "fp32,bf16", *TINY, *window, "--json", str(out))  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    [row] = json.loads(out.read_text())["results"]
-    ours = "bf16" if cpu_has_native_bf16() else "fp32"  # auto, on this CPU
-    assert row["default_precisions"] == {"ours": ours, "lightly": "fp32"}
-    assert row["ours_over_peer_at_defaults"] > 0 and "each at its default" in done.stdout
 
 
 WORLD_TINY = [
