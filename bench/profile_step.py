@@ -7,6 +7,7 @@ ui.perfetto.dev), ``--json`` a summary. ``--impl lightly`` profiles the throughp
 Without a GPU, kineto logs a harmless ``gpuGetDeviceCount failed``; KINETO_LOG_LEVEL=5 hides it.
 
     python bench/profile_step.py studies/fmnist_ema.yaml --steps 3 --json profile.json
+    python bench/profile_step.py studies/fmnist_ema.yaml --dtype bf16 --shapes --top 30
     python bench/profile_step.py studies/cifar10_ijepa.yaml --device cuda --compile --trace t.json
 """
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15, help="ops to print and keep")
     parser.add_argument("--trace", type=Path, default=None, help="write a Chrome trace here")
     parser.add_argument("--json", type=Path, default=None, help="write a summary here")
+    shapes = "one row per op and input shapes (e.g. which casts cost most)"
+    parser.add_argument("--shapes", action="store_true", help=shapes)
     args = parser.parse_args(argv)
     try:
         if args.impl != "ours":
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     synchronise(device)
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=args.shapes) as prof:
         start = time.perf_counter()
         for index in range(args.warmup, args.warmup + args.steps):
             with record_function("train_step"):
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         synchronise(device)
         seconds = (time.perf_counter() - start) / args.steps
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
-    averages = prof.key_averages()
+    averages = prof.key_averages(group_by_input_shape=args.shapes)
     what = f"{args.impl}, {device}, {setup.dtype}, compile={setup.compile}"
     batch = spec.optim.batch_size
     print(f"{spec.name} ({what}, batch {batch}): {seconds * 1e3:.1f} ms/step under the profiler")
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             "ops": [
                 {
                     "name": e.key,
+                    "input_shapes": str(e.input_shapes) if args.shapes else None,
                     "count": e.count,
                     "self_cpu_us": e.self_cpu_time_total,
                     "cpu_total_us": e.cpu_time_total,

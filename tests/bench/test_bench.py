@@ -106,6 +106,13 @@ def test_profile_step_prints_top_ops_and_writes_summary_and_trace(
     times = [op["self_cpu_us"] for op in result["ops"]]
     assert len(times) == 5 and times == sorted(times, reverse=True) and times[-1] > 0
     assert "traceEvents" in json.loads(trace.read_text())
+    assert all(op["input_shapes"] is None for op in result["ops"])
+    # --shapes: one row per op and input shapes, e.g. autocast's casts under bf16
+    done = bench("profile_step.py", str(smoke_path), *TINY, "--warmup", "1", "--steps", "1",
+                 "--dtype", "bf16", "--shapes", "--top", "40", "--json", str(summary))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    casts = [op for op in json.loads(summary.read_text())["ops"] if op["name"] == "aten::copy_"]
+    assert len(casts) > 1 and all(op["input_shapes"].startswith("[[") for op in casts)
 
 
 def test_fp32_on_cuda_is_refused_because_train_step_always_autocasts_there(
