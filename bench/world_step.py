@@ -24,13 +24,14 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from jepa_lab.core.world import WorldModel, update_target, world_losses
+from jepa_lab.core.world import WorldModel
 from jepa_lab.data import tworooms
 from jepa_lab.data.datasets import batch_indices
 from jepa_lab.spec.load import SpecError, load
 from jepa_lab.spec.world import WorldSpec
 from jepa_lab.training.optim import build_optimizer
 from jepa_lab.training.provenance import device_name, git_state
+from jepa_lab.training.world_loop import world_train_step
 
 POOL = 512  # generated walks the batches are drawn from
 
@@ -43,13 +44,9 @@ def measure(spec: WorldSpec, args: argparse.Namespace) -> dict:
     total = spec.optim.total_steps(spec.data.trajectories)
     model.train()
 
-    def step(index: int) -> None:
+    def step(index: int) -> None:  # the training loop's own step
         batch = batch_indices(POOL, spec.optim.batch_size, index, spec.seed)
-        losses = world_losses(model, data.frames[batch], data.actions[batch], spec, index)
-        optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        optimizer.step()
-        update_target(model, spec, index, total)
+        world_train_step(model, optimizer, data.frames[batch], data.actions[batch], spec, index)
 
     for index in range(args.warmup):
         step(index)

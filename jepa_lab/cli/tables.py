@@ -61,7 +61,7 @@ def summary_table(summary: Any, session: Session) -> Any:
     front probability, and the collapse diagnostics."""
     from rich.table import Table
 
-    if "eval/probe_acc" not in summary and any(c.startswith("drift/") for c in summary):
+    if session.plan.world:
         return world_summary_table(summary, session)
     params = _varied(summary, session)
     table = Table(
@@ -121,7 +121,6 @@ def world_summary_table(summary: Any, session: Session) -> Any:
     from rich.table import Table
 
     from jepa_lab.study.export import PLANNING, VS_CEM
-    from jepa_lab.study.quantities import cell
 
     params = _varied(summary, session)
     success = [c for c in summary.columns if PLANNING.fullmatch(c) and c.endswith("/success")]
@@ -152,13 +151,19 @@ def world_summary_table(summary: Any, session: Session) -> Any:
     for _, row in summary.iterrows():
         cells = [_cell(row.get("strategy")), *[_cell(row.get(p)) for p in params]]
         cells.append(str(int(row["n"])))
-        ci = [(m, row.get(m), row.get(f"{m} lo"), row.get(f"{m} hi")) for m in success]
-        cells += [cell(*c, significant=3) for c in ci]
+        cells += [_with_ci(row, m) for m in success]
         cells += [_versus(row, c) for c in versus]
-        ci = [(m, row.get(m), row.get(f"{m} lo"), row.get(f"{m} hi")) for m in diagnostics]
-        cells += [cell(*c, significant=3) for c in ci]
+        cells += [_with_ci(row, m) for m in diagnostics]
         table.add_row(*cells)
     return table
+
+
+def _with_ci(row: Any, metric: str) -> str:
+    """``50.0 ± 9.8 (3)``: a metric's mean with its 95 % CI over seeds, in its unit."""
+    from jepa_lab.study.quantities import cell
+
+    return cell(metric, row.get(metric), row.get(f"{metric} lo"), row.get(f"{metric} hi"),
+                significant=3)  # fmt: skip
 
 
 def _versus(row: Any, column: str) -> str:

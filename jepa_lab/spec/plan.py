@@ -41,7 +41,7 @@ from jepa_lab.spec.study import (
     SearchSpec,
     StudySpec,
 )
-from jepa_lab.spec.world import WorldSpec
+from jepa_lab.spec.world import WORLD_KIND, WorldSpec
 
 
 def flow(value: Any) -> str:
@@ -108,6 +108,11 @@ class StudyPlan:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def world(self) -> bool:
+        """Whether the base experiment is a world model (``kind: world_model``)."""
+        return self.base.get("kind") == WORLD_KIND
 
     def cells(self) -> list[dict[str, Any]]:
         """Grid cells (with ``seed`` when the study has seeds) as ``{key: value}`` params."""

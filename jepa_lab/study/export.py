@@ -24,6 +24,7 @@ import pandas as pd
 
 from jepa_lab.spec.study import ObjectiveSpec
 from jepa_lab.study import stats
+from jepa_lab.study.quantities import PLANNING_METRICS
 
 Format = Literal["csv", "md", "latex", "parquet", "json"]
 FORMATS: tuple[Format, ...] = ("csv", "md", "latex", "parquet", "json")
@@ -61,9 +62,7 @@ WORLD_REPORTED = (
     "diag/total_variance",
     *(f"drift/nmse_k{k}/{c}" for c in ("none", "renorm", "knn") for k in (1, 10, 20, 30)),
 )
-PLANNING = re.compile(
-    r"plan/test/(same|cross)/[a-z_]+/[a-z_]+/(success|effort|smoothness|seconds_per_episode)"
-)
+PLANNING = re.compile(rf"plan/test/(same|cross)/[a-z_]+/[a-z_]+/({'|'.join(PLANNING_METRICS)})")
 CLAIM = "eval/probe_acc"  # the headline claim the paired comparisons test
 # Comparisons with a configuration's own baselines: name -> (its metric, its predictions).
 BASELINES = {

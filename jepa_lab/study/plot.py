@@ -371,12 +371,13 @@ def plot_drift(table: pd.DataFrame, path: Path, title: str, warnings: Sequence[s
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     floor = drift_floor(table)
-    if floor is not None:
+    log = floor is not None
+    if log:
         arms = arms.assign(lo=arms["lo"].where(arms["lo"] > floor, floor))
-    axis = DRIFT_AXIS + (", log scale" if floor is not None else "")
+    axis = DRIFT_AXIS + (", log scale" if log else "")
     if suffix == ".html":
         shape = (rows, cols)
-        return _drift_html(arms, levels, panels, kinds, shape, path, title, warnings, axis)
+        return _drift_html(arms, levels, panels, kinds, shape, path, title, warnings, axis, log)
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5.2 * cols, 4.2 * rows), layout="constrained")
@@ -395,7 +396,7 @@ def plot_drift(table: pd.DataFrame, path: Path, title: str, warnings: Sequence[s
         if panel:
             axes.set_title(panel, fontsize="small")
         axes.set_xlabel("horizon step k")
-        if floor is not None:
+        if log:
             axes.set_yscale("log")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="x-small")
@@ -418,6 +419,7 @@ def _drift_html(
     title: str,
     warnings: Sequence[str],
     axis: str,
+    log: bool,
 ) -> Path:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -452,7 +454,7 @@ def _drift_html(
             ), **where)  # fmt: skip
         figure.update_xaxes(title_text="horizon step k", **where)
     figure.update_yaxes(title_text=axis, col=1)
-    if axis.endswith("log scale"):
+    if log:
         figure.update_yaxes(type="log")
     subtitle = "<br>".join([DRIFT_NOTE, *warnings])
     figure.update_layout(title={"text": f"{title}<br><sup>{subtitle}</sup>"})

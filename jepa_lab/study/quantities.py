@@ -77,7 +77,7 @@ QUANTITIES: dict[str, Quantity] = {
     "train/seconds": Quantity("training time (s)", "", 1.0),
 }
 # Planning metrics of world models, plan/test/<task>/<mode>/<arm>/<name>: name -> (label, unit)
-PLANNING = {
+PLANNING_METRICS = {
     "success": ("success", "%"),
     "effort": ("control effort", ""),
     "smoothness": ("smoothness", ""),
@@ -94,9 +94,9 @@ def quantity(metric: str) -> Quantity:
     if metric.startswith("drift/nmse_k") and len(parts) == 3:  # drift/nmse_k30/knn
         k = parts[1].removeprefix("nmse_k")
         return Quantity(f"NMSE at k = {k}, {parts[2]}", "", 1.0, (f"NMSE k={k}", parts[2]))
-    if metric.startswith("plan/") and len(parts) == 6 and parts[5] in PLANNING:
+    if metric.startswith("plan/") and len(parts) == 6 and parts[5] in PLANNING_METRICS:
         _, _, task, mode, arm, name = parts
-        label, unit = PLANNING[name]
+        label, unit = PLANNING_METRICS[name]
         where = f"{task}-room, {arm}, {mode.replace('_', '-')}"
         return Quantity(f"{label}, {where}", unit, PERCENT if unit else 1.0, (label, where))
     if metric.startswith("vs_cem/") and len(parts) == 4:  # vs_cem/cross/receding/cem_knn

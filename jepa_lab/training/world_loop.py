@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from jepa_lab.core.world import WorldModel, update_target, world_losses
+from jepa_lab.core.world import WorldLosses, WorldModel, update_target, world_losses
 from jepa_lab.data import tworooms
 from jepa_lab.data.datasets import batch_indices
 from jepa_lab.eval.world import evaluate_world, stream_seed
@@ -28,6 +28,31 @@ from jepa_lab.training.result import TrainResult
 
 class WorldTrainingError(Exception):
     """World-model training cannot go on (a non-finite loss); the message names the step."""
+
+
+def world_train_step(
+    model: WorldModel,
+    optimizer: torch.optim.Optimizer,
+    frames: torch.Tensor,
+    actions: torch.Tensor,
+    spec: WorldSpec,
+    step: int,
+) -> WorldLosses:
+    """One optimiser step on a batch of frames (B, T, C, S, S) and actions (B, T-1, 2): the
+    schedules at ``step``, forward, backward, clipping, the update and the EMA target's."""
+    total = spec.optim.total_steps(spec.data.trajectories)
+    lr, wd = lr_at(spec.optim, step, total), weight_decay_at(spec.optim, step, total)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = 0.0 if group.get("no_decay") else wd
+    losses = world_losses(model, frames, actions, spec, step)
+    optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()
+    if spec.optim.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.optim.grad_clip)
+    optimizer.step()
+    update_target(model, spec, step, total)
+    return losses
 
 
 def train_world(
@@ -67,18 +92,8 @@ def train_world(
     train_began = window_start
     model.train()
     for step in range(total):
-        lr, wd = lr_at(spec.optim, step, total), weight_decay_at(spec.optim, step, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-            group["weight_decay"] = 0.0 if group.get("no_decay") else wd
         index = batch_indices(n, spec.optim.batch_size, step, spec.seed).to(dev)
-        losses = world_losses(model, frames[index], actions[index], spec, step)
-        optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        if spec.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.optim.grad_clip)
-        optimizer.step()
-        update_target(model, spec, step, total)
+        losses = world_train_step(model, optimizer, frames[index], actions[index], spec, step)
         reg = losses.regulariser if losses.regulariser is not None else torch.zeros(())
         sums += torch.stack([losses.total, losses.teacher, losses.rollout, reg.to(dev)]).detach()
         window += 1
@@ -89,6 +104,7 @@ def train_world(
             if not all(map(torch.isfinite, torch.tensor(means))):
                 raise WorldTrainingError(f"loss became non-finite by step {done}: {spec.name}")
             elapsed = time.perf_counter() - window_start
+            lr, wd = lr_at(spec.optim, step, total), weight_decay_at(spec.optim, step, total)
             row = {
                 "train/loss": means[0], "train/loss_pred": means[1],
                 "train/loss_rollout": means[2], "train/loss_reg": means[3], "train/lr": lr,
