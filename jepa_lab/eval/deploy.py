@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from jepa_lab.core.models import Encoder
 from jepa_lab.data.datasets import Dataset
 from jepa_lab.eval.evaluate import PROBE_SEED, probe_subset
+from jepa_lab.eval.paired import mcnemar_exact
 from jepa_lab.eval.probe import fit_probe, knn_predict
 from jepa_lab.spec.experiment import DeploySpec, ExperimentSpec
 
@@ -263,18 +264,6 @@ def fidelity(fp32: Tensor, int8: Tensor) -> dict[str, float]:
     }
 
 
-def mcnemar_exact(a_right: Tensor, b_right: Tensor) -> float:
-    """Exact McNemar p-value of two classifiers' per-item correctness (N,) bool: a two-sided
-    binomial test on the discordant pairs (as statsmodels' ``mcnemar(exact=True)``)."""
-    from scipy.stats import binomtest
-
-    only_a = int((a_right & ~b_right).sum())
-    only_b = int((~a_right & b_right).sum())
-    if only_a + only_b == 0:
-        return 1.0
-    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
-
-
 def _features(run: Callable[[Tensor], Tensor], images: Tensor, batch: int) -> Tensor:
     return torch.cat([run(images[i : i + batch].cpu()) for i in range(0, len(images), batch)])
 
@@ -304,7 +293,7 @@ def accuracy(
     metrics["deploy/int8_probe_delta"] = (
         metrics["deploy/int8_probe_acc"] - metrics["deploy/fp32_probe_acc"]
     )
-    metrics["deploy/int8_mcnemar_p"] = mcnemar_exact(right["int8"], right["fp32"])
+    metrics["deploy/int8_mcnemar_p"] = mcnemar_exact(right["int8"].cpu(), right["fp32"].cpu())
     return metrics | fidelity(features["fp32"], features["int8"])
 
 

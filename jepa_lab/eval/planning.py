@@ -43,16 +43,56 @@ def episodes(spec: TwoRoomsSpec, n: int, task: str, split: str, seed: int) -> Ep
     return Episodes(starts, goals)
 
 
-def cem(
-    cost: Cost, positions: Tensor, horizon: int, spec: PlanningSpec, max_step: float, seed: int
+def colored_noise(
+    shape: tuple[int, ...], beta: float, generator: torch.Generator, dim: int = -2
 ) -> Tensor:
-    """Action sequences (E, H, 2) minimising ``cost``: Gaussian CEM, refitted on the elites."""
+    """Standard Gaussian noise whose power spectrum along ``dim`` is 1/f^beta (iCEM's sampling
+    noise, after the ``colorednoise`` package: Timmer and Koenig 1995, exactly normalised): every
+    element has unit variance, consecutive ones are correlated for beta > 0. beta 0 is
+    ``torch.randn`` itself (the same numbers)."""
+    if beta == 0:
+        return torch.randn(shape, generator=generator)
+    dim = dim % len(shape)
+    n = shape[dim]
+    freqs = torch.fft.rfftfreq(n, dtype=torch.float64)
+    scale = freqs.clamp_min(1.0 / n) ** (-beta / 2)
+    # variance of one irfft output: (2 s_0^2 + 4 sum of the complex bins' s_k^2 + 2 s_Nyquist^2)
+    # / n^2 (DC and, for even n, Nyquist are real, drawn with variance 2 s^2 below)
+    power = 4 * scale.square()
+    power[0] /= 2
+    if n % 2 == 0:
+        power[-1] /= 2
+    sigma = float(power.sum().sqrt()) / n
+    moved = (*shape[:dim], *shape[dim + 1 :], len(freqs))
+    real = torch.randn(moved, generator=generator, dtype=torch.float64) * scale
+    imag = torch.randn(moved, generator=generator, dtype=torch.float64) * scale
+    if n % 2 == 0:  # the Nyquist coefficient has no imaginary part
+        imag[..., -1] = 0
+        real[..., -1] *= math.sqrt(2)
+    imag[..., 0] = 0  # nor has the mean's
+    real[..., 0] *= math.sqrt(2)
+    noise = torch.fft.irfft(torch.complex(real, imag), n=n) / sigma
+    return noise.float().movedim(-1, dim).contiguous()
+
+
+def cem(
+    cost: Cost,
+    positions: Tensor,
+    horizon: int,
+    spec: PlanningSpec,
+    max_step: float,
+    seed: int,
+    init: Tensor | None = None,
+) -> Tensor:
+    """Action sequences (E, H, 2) minimising ``cost``: Gaussian CEM, refitted on the elites,
+    sampling with noise coloured along the horizon by ``spec.noise_beta``, from the mean
+    ``init`` (E, H, 2) (a warm start) or zero."""
     generator = torch.Generator().manual_seed(seed)
     e = positions.shape[0]
-    mean = torch.zeros(e, horizon, 2)
+    mean = torch.zeros(e, horizon, 2) if init is None else init.clone()
     std = torch.full((e, horizon, 2), max_step)
     for _ in range(spec.iterations):
-        noise = torch.randn(e, spec.samples, horizon, 2, generator=generator)
+        noise = colored_noise((e, spec.samples, horizon, 2), spec.noise_beta, generator)
         candidates = tworooms.clip_actions(mean.unsqueeze(1) + std.unsqueeze(1) * noise, max_step)
         costs = cost(positions, candidates)  # (E, N)
         elite = costs.topk(spec.elites, dim=1, largest=False).indices
@@ -114,7 +154,15 @@ class Outcome:
         }
 
 
-Planner = Callable[[Tensor, int, int], Tensor]  # (positions (E, 2), horizon, seed) -> (E, H, 2)
+# (positions (E, 2), horizon, seed, initial mean (E, horizon, 2) or None) -> actions (E, H, 2)
+Planner = Callable[[Tensor, int, int, Tensor | None], Tensor]
+
+
+def shifted(plan: Tensor, executed: int, horizon: int) -> Tensor:
+    """The warm start of the next plan (E, horizon, 2): ``plan``'s steps after the ``executed``
+    ones, then zeros (iCEM's shift initialisation)."""
+    rest = plan[:, executed : executed + horizon]
+    return torch.cat([rest, rest.new_zeros(rest.shape[0], horizon - rest.shape[1], 2)], 1)
 
 
 def run_episodes(
@@ -135,6 +183,7 @@ def run_episodes(
     generator = torch.Generator().manual_seed(seed)
     every = spec.max_steps if mode == "open_loop" else spec.replan_every
     horizon = spec.max_steps if mode == "open_loop" else spec.horizon
+    plan: Tensor | None = None
     for start in range(0, spec.max_steps, every):
         if planner is None:
             angle = torch.rand(e, every, generator=generator) * 2 * math.pi
@@ -143,7 +192,9 @@ def run_episodes(
         else:
             began = time.perf_counter()
             # the goal is judged at the episode's end: never plan past it
-            plan = planner(pos, min(horizon, spec.max_steps - start), seed + start)
+            steps = min(horizon, spec.max_steps - start)
+            init = shifted(plan, every, steps) if spec.warm_start and plan is not None else None
+            plan = planner(pos, steps, seed + start, init)
             seconds += time.perf_counter() - began
         for k in range(min(every, plan.shape[1], spec.max_steps - start)):
             pos = tworooms.step(pos, plan[:, k], env)
@@ -178,14 +229,3 @@ def success_bits(success: Tensor) -> str:
 def success_array(bits: str) -> np.ndarray:
     """:func:`success_bits`'s text back to (E,) booleans."""
     return np.frombuffer(bits.encode("ascii"), dtype=np.uint8) == ord("1")
-
-
-def mcnemar(a: Tensor, b: Tensor) -> float:
-    """Exact McNemar p-value (two-sided binomial on the discordant pairs) of paired successes."""
-    from scipy.stats import binomtest
-
-    only_a = int((a & ~b).sum())
-    only_b = int((b & ~a).sum())
-    if only_a + only_b == 0:
-        return 1.0
-    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)

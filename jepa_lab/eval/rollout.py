@@ -74,6 +74,8 @@ def fit_ridge(z: Tensor, y: Tensor, l2: float) -> RidgeProbe:
 
 # ---------------------------------------------------------------------------------- corrections
 
+KNN_ROWS = 4096  # rows per kNN distance block: (4096, bank) floats at a time
+
 
 @dataclass(frozen=True)
 class Bank:
@@ -104,11 +106,19 @@ class Correction:
             )
         if self.kind == "knn":
             assert self.bank is not None
-            d2 = torch.cdist(z, self.bank).square()  # (B, M)
-            near, index = d2.topk(min(self.k, self.bank.shape[0]), largest=False)
-            weights = torch.softmax(-near / (self.temperature * self.scale), -1)
-            return (weights.unsqueeze(-1) * self.bank[index]).sum(1)
+            return torch.cat([self._knn(part) for part in z.split(KNN_ROWS)])
         return z
+
+    def _knn(self, z: Tensor) -> Tensor:
+        """Soft projection of z (B, D) onto its k nearest bank latents. Squared distances as
+        |b|^2 - 2 z.b (one matmul), ranked before |z|^2 is added: the order is the same."""
+        assert self.bank is not None
+        bank_sq = self.bank.square().sum(-1)
+        partial = torch.addmm(bank_sq, z, self.bank.T, alpha=-2)  # (B, M)
+        near, index = partial.topk(min(self.k, self.bank.shape[0]), largest=False)
+        near = (near + z.square().sum(-1, keepdim=True)).clamp_min(0)
+        weights = torch.softmax(-near / (self.temperature * self.scale), -1)
+        return (weights.unsqueeze(-1) * self.bank[index]).sum(1)
 
     def __call__(self, z: Tensor) -> Tensor:
         if self.kind == "none" or self.alpha == 0:

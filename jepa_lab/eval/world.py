@@ -17,13 +17,13 @@ from jepa_lab.core.world import WorldModel, rollout
 from jepa_lab.data import tworooms
 from jepa_lab.data.seeds import derive_seed
 from jepa_lab.eval.diagnostics import mean_std, rankme, sigreg_statistic
+from jepa_lab.eval.paired import mcnemar_exact
 from jepa_lab.eval.planning import (
     Episodes,
     Outcome,
     Planner,
     cem,
     episodes,
-    mcnemar,
     run_episodes,
     simulator_cost,
     step_weights,
@@ -65,7 +65,7 @@ def latent_planner(
     goal_z = encode(model, tworooms.render_uint8(goals, spec.env).unsqueeze(1))[:, 0]
 
     @torch.no_grad()
-    def plan(positions: Tensor, horizon: int, seed: int) -> Tensor:
+    def plan(positions: Tensor, horizon: int, seed: int, init: Tensor | None) -> Tensor:
         z0 = encode(model, tworooms.render_uint8(positions, spec.env).unsqueeze(1))  # (E, 1, D)
         weights = step_weights(horizon, spec.planning.cost)
 
@@ -76,7 +76,7 @@ def latent_planner(
             distance = (pred - goal_z.repeat_interleave(n, 0).unsqueeze(1)).norm(dim=-1)
             return (distance @ weights).reshape(e, n)
 
-        return cem(cost, positions, horizon, spec.planning, spec.env.max_step, seed)
+        return cem(cost, positions, horizon, spec.planning, spec.env.max_step, seed, init)
 
     return plan
 
@@ -85,8 +85,8 @@ def oracle_planner(spec: WorldSpec, goals: Tensor) -> Planner:
     """CEM with the true simulator: the planner's upper bound."""
     cost = simulator_cost(spec.env, goals, spec.planning.cost)
 
-    def plan(positions: Tensor, horizon: int, seed: int) -> Tensor:
-        return cem(cost, positions, horizon, spec.planning, spec.env.max_step, seed)
+    def plan(positions: Tensor, horizon: int, seed: int, init: Tensor | None) -> Tensor:
+        return cem(cost, positions, horizon, spec.planning, spec.env.max_step, seed, init)
 
     return plan
 
@@ -116,7 +116,7 @@ def _planning(
                 outcomes[f"{prefix}/{arm}"] = outcome.success
             for arm in results:
                 if arm != "cem":
-                    p = mcnemar(results[arm].success, results["cem"].success)
+                    p = mcnemar_exact(results[arm].success, results["cem"].success)
                     metrics[f"{prefix}/mcnemar_{arm}_vs_cem"] = p
     return metrics, outcomes
 

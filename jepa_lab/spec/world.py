@@ -185,6 +185,20 @@ class PlanningSpec(Spec):
     replan_every: int = Field(
         4, ge=1, le=128, description="Receding horizon: executed steps between plans."
     )
+    noise_beta: float = Field(
+        4.0,
+        ge=0,
+        le=8,
+        description="Colour of CEM's sampling noise over the planned steps (iCEM, Pinneri et al. "
+        "2020): power spectrum 1/f^beta. 0 is white noise (independent steps); 2 and more keep a "
+        "heading, so candidates reach further in the same steps. 4 was chosen on validation "
+        "episodes (docs/world.md).",
+    )
+    warm_start: bool = Field(
+        True,
+        description="Receding horizon: start each plan's CEM from the previous plan's remaining "
+        "steps (then zeros) instead of from zero (iCEM's shift initialisation).",
+    )
     cost: Literal["final", "all"] = Field(
         "final",
         description="'final': distance of the last predicted embedding to the goal's; 'all': "

@@ -467,7 +467,8 @@ def export_table(
     ``retried_by`` (the trial that retried a failed one). With ``front_ids``: ``on_front``, whether
     each configuration is on the Pareto front."""
     seeded = not table.empty and int(table["n"].max()) > 1
-    out = pd.DataFrame(index=table.index)
+    # columns gathered first and framed once (column by column, pandas warns of fragmentation)
+    out: dict[str, Any] = {}
     out["trial"] = table.get("trial")
     if seeded:
         out["trials"] = table.get("trials")
@@ -503,9 +504,10 @@ def export_table(
         if column.startswith(("d_vs_", "p_vs_", "test_vs_", VS_CEM)):
             out[column] = table[column]
     out["state"] = table.get("state")
+    frame = pd.DataFrame(out, index=table.index)
     if trials is not None:
-        out = _with_failures(out, table, trials, params, seeded)
-    return out.reset_index(drop=True)
+        frame = _with_failures(frame, table, trials, params, seeded)
+    return frame.reset_index(drop=True)
 
 
 def _with_failures(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jepa_lab.eval import paired
+
 LEVEL = 0.95  # every interval's confidence level
 MIN_PAIRED = 3  # paired seeds a t-test needs before its p-value is reported
 BOOTSTRAP_RESAMPLES = 2000
@@ -124,16 +126,11 @@ def mcnemar_exact(
     Only the discordant images count: b (a right, b wrong) and c (a wrong, b right), with
     p = two-sided binomial(b; b + c, 1/2). No discordant image: no test (NaN).
     """
-    from statsmodels.stats.contingency_tables import mcnemar
-
-    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
-    if a.shape != b.shape:
-        raise ValueError(f"predictions of different images: {a.shape} and {b.shape}")
-    table = [[int(np.sum(a & b)), int(np.sum(a & ~b))], [int(np.sum(~a & b)), int(np.sum(~a & ~b))]]
-    discordant = table[0][1] + table[1][0]
-    if discordant == 0:
+    only_a, only_b = paired.discordant(correct_a, correct_b)
+    if only_a + only_b == 0:
         return math.nan, f"no discordant {unit}: no test"
-    return float(mcnemar(table, exact=True).pvalue), f"McNemar exact, {discordant} discordant"
+    p = paired.mcnemar_exact(correct_a, correct_b)
+    return p, f"McNemar exact, {only_a + only_b} discordant"
 
 
 def image_bootstrap(

@@ -59,16 +59,6 @@ def test_int8_is_faithful_and_deterministic(trained, backend: str) -> None:
     assert fidelity["deploy/int8_rel_l2"] <= 0.05
 
 
-def test_mcnemar_matches_statsmodels() -> None:
-    from statsmodels.stats.contingency_tables import mcnemar
-
-    a = torch.tensor([1, 1, 0, 0, 1, 0, 1, 1, 0, 1] * 3, dtype=torch.bool)
-    b = torch.tensor([1, 0, 0, 1, 1, 0, 0, 1, 1, 1] * 3, dtype=torch.bool)
-    table = [[int((a & b).sum()), int((a & ~b).sum())], [int((~a & b).sum()), int((~a & ~b).sum())]]
-    assert dp.mcnemar_exact(a, b) == pytest.approx(mcnemar(table, exact=True).pvalue)
-    assert dp.mcnemar_exact(a, a) == 1.0
-
-
 def test_deploy_metrics_and_the_trained_model_is_untouched(tmp_path) -> None:
     from jepa_lab.training.checkpoint import read_checkpoint
     from jepa_lab.training.loop import TrainOptions, train

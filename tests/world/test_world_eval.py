@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from jepa_lab.eval import planning
+from jepa_lab.eval import paired, planning
 from jepa_lab.eval.rollout import Bank, build_correction, nmse, retrieval_top1
 from jepa_lab.eval.world import oracle_planner
 from jepa_lab.spec.world import CorrectionSpec, PlanningSpec, WorldSpec
@@ -72,12 +72,55 @@ def test_cem_with_the_true_simulator_solves_same_room_tasks() -> None:
     assert outcome.success.float().mean() >= 0.9
 
 
+@pytest.mark.parametrize("length", [8, 16, 17])
+def test_cem_noise_has_unit_variance_and_its_colour_keeps_a_heading(length: int) -> None:
+    def noise(beta: float) -> torch.Tensor:
+        return planning.colored_noise((3000, length, 2), beta, torch.Generator().manual_seed(1))
+
+    white, red = noise(0.0), noise(2.0)
+    assert torch.equal(
+        white, torch.randn((3000, length, 2), generator=torch.Generator().manual_seed(1))
+    )
+    lag1 = [float((x[:, 1:] * x[:, :-1]).mean()) for x in (white, red)]
+    for x in (white, noise(1.0), red):  # every step a standard normal
+        assert x.std(0).mean() == pytest.approx(1.0, abs=0.03)
+        assert x.mean().abs() < 0.03
+    assert abs(lag1[0]) < 0.03 and lag1[1] > 0.5
+    # what it is for: a red sequence's summed displacement reaches further
+    assert red.sum(1).std() > 1.4 * white.sum(1).std()  # 1.47x at 8 steps, 2.0x at 16
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_warm_start_hands_each_plan_the_rest_of_the_previous_one(warm: bool) -> None:
+    spec = tiny_spec()
+    plan = PlanningSpec(episodes=3, horizon=6, max_steps=10, replan_every=4, warm_start=warm)
+    tasks = planning.episodes(spec.env, 3, "same", "test", 0)
+    calls: list[tuple[int, torch.Tensor | None]] = []
+
+    def planner(pos: torch.Tensor, horizon: int, seed: int, init: torch.Tensor | None):
+        calls.append((horizon, init))
+        return torch.arange(horizon * 2.0).repeat(pos.shape[0], 1).reshape(-1, horizon, 2) / 20
+
+    planning.run_episodes(planner, spec.env, plan, tasks, "receding", 0)
+    assert [h for h, _ in calls] == [6, 6, 2]  # never past the episode's 10 steps
+    if not warm:
+        assert all(init is None for _, init in calls)
+        return
+    assert calls[0][1] is None
+    previous = planner(tasks.starts, 6, 0, None)
+    second = calls[1][1]
+    assert second is not None and second.shape == (3, 6, 2)
+    assert torch.equal(second[:, :2], previous[:, 4:6])  # the two steps not executed
+    assert torch.equal(second[:, 2:], torch.zeros(3, 4, 2))  # then zeros
+    assert torch.equal(calls[2][1], previous[:, 4:6])
+
+
 def test_wilson_and_mcnemar() -> None:
     low, high = planning.wilson(8, 10)
     assert 0.4 < low < 0.8 < high < 1
     a = torch.tensor([True] * 10 + [False] * 10)
-    assert planning.mcnemar(a, a) == 1.0
-    assert planning.mcnemar(a, torch.zeros(20, dtype=torch.bool)) < 0.01
+    assert paired.mcnemar_exact(a, a) == 1.0
+    assert paired.mcnemar_exact(a, torch.zeros(20, dtype=torch.bool)) < 0.01
 
 
 def test_quick_preset_writes_every_metric_and_reruns_identically() -> None:
