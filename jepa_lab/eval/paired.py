@@ -16,10 +16,14 @@ def discordant(right_a: ArrayLike, right_b: ArrayLike) -> tuple[int, int]:
     return int(np.sum(a & ~b)), int(np.sum(~a & b))
 
 
-def mcnemar_exact(right_a: ArrayLike, right_b: ArrayLike) -> float:
-    """Exact McNemar p-value (statsmodels' ``mcnemar(exact=True)``: a two-sided binomial test on
-    the discordant pairs) of two paired (N,) boolean results; 1.0 without a discordant pair."""
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact McNemar p-value (statsmodels' ``mcnemar(exact=True)``: a two-sided binomial test)
+    from the :func:`discordant` counts; 1.0 without a discordant pair."""
     from statsmodels.stats.contingency_tables import mcnemar
 
-    only_a, only_b = discordant(right_a, right_b)
     return float(mcnemar([[0, only_a], [only_b, 0]], exact=True).pvalue)
+
+
+def mcnemar_exact(right_a: ArrayLike, right_b: ArrayLike) -> float:
+    """Exact McNemar p-value of two paired (N,) boolean results; 1.0 without a discordant pair."""
+    return mcnemar_p(*discordant(right_a, right_b))

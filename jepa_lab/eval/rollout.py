@@ -7,6 +7,7 @@ rollout, the real latents (N, K, D) of the same frames, and the real latents' st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -109,12 +110,17 @@ class Correction:
             return torch.cat([self._knn(part) for part in z.split(KNN_ROWS)])
         return z
 
+    @cached_property
+    def _bank_sq(self) -> Tensor:
+        """|b|^2 (M,) of the bank, once per correction (it is applied at every rollout step)."""
+        assert self.bank is not None
+        return self.bank.square().sum(-1)
+
     def _knn(self, z: Tensor) -> Tensor:
         """Soft projection of z (B, D) onto its k nearest bank latents. Squared distances as
         |b|^2 - 2 z.b (one matmul), ranked before |z|^2 is added: the order is the same."""
         assert self.bank is not None
-        bank_sq = self.bank.square().sum(-1)
-        partial = torch.addmm(bank_sq, z, self.bank.T, alpha=-2)  # (B, M)
+        partial = torch.addmm(self._bank_sq, z, self.bank.T, alpha=-2)  # (B, M)
         near, index = partial.topk(min(self.k, self.bank.shape[0]), largest=False)
         near = (near + z.square().sum(-1, keepdim=True)).clamp_min(0)
         weights = torch.softmax(-near / (self.temperature * self.scale), -1)

@@ -129,8 +129,7 @@ def mcnemar_exact(
     only_a, only_b = paired.discordant(correct_a, correct_b)
     if only_a + only_b == 0:
         return math.nan, f"no discordant {unit}: no test"
-    p = paired.mcnemar_exact(correct_a, correct_b)
-    return p, f"McNemar exact, {only_a + only_b} discordant"
+    return paired.mcnemar_p(only_a, only_b), f"McNemar exact, {only_a + only_b} discordant"
 
 
 def image_bootstrap(
