@@ -24,7 +24,7 @@ import pandas as pd
 
 from jepa_lab.spec.study import ObjectiveSpec
 from jepa_lab.study import stats
-from jepa_lab.study.quantities import PLANNING_METRICS
+from jepa_lab.study.quantities import PLANNING_METRICS, quantity
 
 Format = Literal["csv", "md", "latex", "parquet", "json"]
 FORMATS: tuple[Format, ...] = ("csv", "md", "latex", "parquet", "json")
@@ -202,9 +202,12 @@ def aggregate(
                 interval = stats.wilson_ci(
                     float(values.iloc[0]), int(group[VALIDATION[metric]].iloc[0])
                 )
+            low, high = interval.low, interval.high
+            if quantity(metric).unit == "%":  # a share: its interval stays within [0, 1]
+                low, high = max(low, 0.0), min(high, 1.0)
             row[metric] = float(values.mean())
             row[f"{metric} std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-            row[f"{metric} lo"], row[f"{metric} hi"] = interval.low, interval.high
+            row[f"{metric} lo"], row[f"{metric} hi"] = low, high
         groups.append(row)
     table = pd.DataFrame(groups)
     if CLAIM in done.columns:

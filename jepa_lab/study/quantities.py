@@ -134,8 +134,9 @@ def cell(
     significant: int = 4,
 ) -> str:
     """``71.0 ± 1.9 (3)``: the mean and the half-width of its 95 % CI in the metric's unit, then
-    n; a dash where there is no value. Percentages and points get one decimal, plain numbers
-    ``significant`` digits (the page-width paper table uses 3)."""
+    n; a dash where there is no value. An interval that is not centred on the mean (a share's,
+    cut at 0 % or 100 %) is shown by its ends: ``1.3 [0.0, 4.2] (3)``. Percentages and points get
+    one decimal, plain numbers ``significant`` digits (the page-width paper table uses 3)."""
     if not finite(mean):
         return "–"
     q = quantity(metric)
@@ -143,8 +144,12 @@ def cell(
     digits = 1 if q.unit else 0
     text = _number(q.scale * float(mean), digits, signed, significant)
     if finite(low) and finite(high):
-        half = q.scale * (float(high) - float(low)) / 2
-        text += f" ± {_number(half, digits, False, significant)}"
+        lo, hi, centre = (q.scale * float(v) for v in (low, high, mean))
+        if math.isclose(hi - centre, centre - lo, rel_tol=1e-6, abs_tol=1e-9):
+            text += f" ± {_number((hi - lo) / 2, digits, False, significant)}"
+        else:
+            ends = (_number(v, digits, signed, significant) for v in (lo, hi))
+            text += " [{}, {}]".format(*ends)
     if finite(n):
         text += f" ({int(n)})"
     return text

@@ -19,6 +19,7 @@ from statsmodels.stats.multitest import multipletests
 from jepa_lab.spec.study import ObjectiveSpec
 from jepa_lab.study import export
 from jepa_lab.study import plot as pareto_plot
+from jepa_lab.study.quantities import cell
 
 from ..conftest import REPO
 
@@ -640,3 +641,23 @@ def test_planning_arms_are_compared_with_cem_on_episodes_pooled_over_seeds() -> 
     paper = export.paper_table(table, objectives, ["strategy.kind"], set())
     assert "Δ success, cem_knn - cem, cross-room, receding (pp)" in paper.columns
     assert paper["p (Holm, McNemar) cross/receding/cem_knn"].iloc[0] == f"{holm[0]:.2g}"
+
+
+def test_a_shares_interval_over_seeds_stays_within_0_and_100_percent() -> None:
+    """Success 0 %, 0 %, 3 % over 3 seeds: the t-interval (-3.3 %, +5.3 %) is cut at 0 and,
+    no longer centred on the mean, shown by its ends; a plain number keeps mean ± half-width."""
+    rows = world_rows()
+    for row, success in zip(rows, (0.0, 0.0, 0.03, 0.4, 0.4, 0.4), strict=True):
+        row["metrics"]["plan/test/same/receding/cem/success"] = success
+    objectives = [ObjectiveSpec(metric="diag/rankme", direction="maximize", reference=0.0)]
+    table = export.aggregate(export.trials_frame(rows), objectives, ["strategy.kind"])
+    sigreg = table.iloc[0]
+    metric = "plan/test/same/receding/cem/success"
+    t_high = 0.01 + t_dist.ppf(0.975, 2) * sem([0.0, 0.0, 0.03])
+    assert sigreg[f"{metric} lo"] == 0.0 and sigreg[f"{metric} hi"] == pytest.approx(t_high)
+    assert cell(metric, sigreg[metric], sigreg[f"{metric} lo"], sigreg[f"{metric} hi"], 3) == (
+        f"1.0 [0.0, {100 * t_high:.1f}] (3)"
+    )
+    nmse = "drift/nmse_k30/knn"  # not a share: its interval is the t-interval, shown as ±
+    shown = cell(nmse, sigreg[nmse], sigreg[f"{nmse} lo"], sigreg[f"{nmse} hi"])
+    assert shown.startswith("0.31 ± ")
