@@ -18,6 +18,7 @@ from torch import Tensor
 
 from jepa_lab.data import tworooms
 from jepa_lab.data.seeds import derive_seed
+from jepa_lab.eval.probe import wilson_interval
 from jepa_lab.spec.world import PlanningSpec, TwoRoomsSpec
 
 # candidate action sequences (E, N, H, 2) -> cost (E, N); the episode's state is bound inside
@@ -142,7 +143,7 @@ class Outcome:
     def summary(self) -> dict[str, float]:
         n = int(self.success.numel())
         rate = float(self.success.float().mean()) if n else float("nan")
-        low, high = wilson(int(self.success.sum()), n)
+        low, high = wilson_interval(int(self.success.sum()), n)
         return {
             "success": rate,
             "success_low": low,
@@ -208,16 +209,6 @@ def run_episodes(
         smoothness=(actions[:, 1:] - actions[:, :-1]).square().sum((1, 2)),
         seconds=seconds / max(e, 1),
     )
-
-
-def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95 % interval of a success rate; (nan, nan) for n = 0."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def success_bits(success: Tensor) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,14 +71,23 @@ class ProbeResult:
         return hash(self._scalars())
 
 
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of ``correct`` successes in ``total`` trials (scipy's);
+    (nan, nan) for no trial."""
+    if total <= 0:
+        return math.nan, math.nan
+    ci = binomtest(correct, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def wilson_half_width(correct: int, total: int, confidence: float = 0.95) -> float:
     """Half the width of the Wilson score interval of ``correct`` successes in ``total`` trials.
 
     The interval is not centred on correct / total; its half-width is what a table shows as +-,
     so two accuracies whose intervals overlap widely are not told apart by their split.
     """
-    ci = binomtest(correct, total).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.high - ci.low) / 2
+    low, high = wilson_interval(correct, total, confidence)
+    return (high - low) / 2
 
 
 def _check_labelled(x: Tensor, y: Tensor, name: str) -> None:

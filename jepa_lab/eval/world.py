@@ -122,6 +122,27 @@ def _planning(
 
 
 @torch.no_grad()
+def reference_latents(
+    model: WorldModel, spec: WorldSpec
+) -> tuple[tworooms.Trajectories, Tensor, Bank]:
+    """The real frames every evaluation measures against: the ``probe`` walks, their latents
+    (N, D) (the NMSE spread, the ridge probe, renorm's shell) and the kNN bank from the ``bank``
+    stream (disjoint from evaluation)."""
+    env, seed, length = spec.env, spec.seed, spec.data.length
+    probe = tworooms.generate(
+        env, spec.data, math.ceil(spec.eval.probe_frames / length), length, seed, "probe"
+    )
+    bank_data = tworooms.generate(
+        env, spec.data, spec.correction.bank_trajectories, length, seed, "bank"
+    )
+    real = encode(model, probe.frames).flatten(0, 1)
+    bank = Bank(
+        encode(model, bank_data.frames).flatten(0, 1), frozenset({stream_seed("bank", seed)})
+    )
+    return probe, real, bank
+
+
+@torch.no_grad()
 def evaluate_world(
     model: WorldModel, spec: WorldSpec
 ) -> tuple[dict[str, float], dict[str, list[float]], dict[str, str]]:
@@ -131,19 +152,8 @@ def evaluate_world(
     across runs."""
     model = model.cpu().eval()
     env, ev, seed = spec.env, spec.eval, spec.seed
-    length = spec.data.length
-    probe = tworooms.generate(
-        env, spec.data, math.ceil(ev.probe_frames / length), length, seed, "probe"
-    )
-    bank_data = tworooms.generate(
-        env, spec.data, spec.correction.bank_trajectories, length, seed, "bank"
-    )
-    real = encode(model, probe.frames).flatten(0, 1)
-    positions = probe.positions.flatten(0, 1)
-    ridge = fit_ridge(real, positions, ev.ridge)
-    bank = Bank(
-        encode(model, bank_data.frames).flatten(0, 1), frozenset({stream_seed("bank", seed)})
-    )
+    probe, real, bank = reference_latents(model, spec)
+    ridge = fit_ridge(real, probe.positions.flatten(0, 1), ev.ridge)
     metrics: dict[str, float] = {
         "data/probe_crossing_share": probe.crossing_share(env),
         "diag/rankme": rankme(real),

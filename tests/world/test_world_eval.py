@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jepa_lab.eval import paired, planning
+from jepa_lab.eval.probe import wilson_interval
 from jepa_lab.eval.rollout import Bank, build_correction, nmse, retrieval_top1
 from jepa_lab.eval.world import oracle_planner
 from jepa_lab.spec.world import CorrectionSpec, PlanningSpec, WorldSpec
@@ -116,7 +117,7 @@ def test_a_warm_start_hands_each_plan_the_rest_of_the_previous_one(warm: bool) -
 
 
 def test_wilson_and_mcnemar() -> None:
-    low, high = planning.wilson(8, 10)
+    low, high = wilson_interval(8, 10)
     assert 0.4 < low < 0.8 < high < 1
     a = torch.tensor([True] * 10 + [False] * 10)
     assert paired.mcnemar_exact(a, a) == 1.0

@@ -10,7 +10,6 @@
 # "rollout 0") were taken with OVR="loss.rollout_steps=0", e.g. 'white:noise_beta=0,warm_start=0;
 # 4w:noise_beta=4' on (test, 100) and (val, 64).
 import json
-import math
 import os
 import sys
 import time
@@ -19,10 +18,9 @@ from pathlib import Path
 import torch
 
 from jepa_lab.core.world import WorldModel
-from jepa_lab.data import tworooms
 from jepa_lab.eval import world as W
 from jepa_lab.eval.planning import success_bits
-from jepa_lab.eval.rollout import Bank, build_correction
+from jepa_lab.eval.rollout import build_correction
 from jepa_lab.spec.load import load_any
 from jepa_lab.training import world_loop
 
@@ -54,7 +52,8 @@ else:
     torch.save(model.state_dict(), path)
 out_path = f"/tmp/wexp/plan{TAG}_seed{seed}_{split}.json"
 out = json.loads(Path(out_path).read_text()) if os.path.exists(out_path) else {}
-real = bank = None
+_, real, bank = W.reference_latents(model, spec)
+held_out = frozenset({W.stream_seed(split, seed)})
 for variant in [v for v in sys.argv[4].split(";") if v]:
     name, _, kv = variant.partition(":")
     upd = {}
@@ -70,37 +69,10 @@ for variant in [v for v in sys.argv[4].split(";") if v]:
             else v == "1"
         )
     p = spec.planning.model_copy(update={"modes": ["receding"], **upd})
-    s2 = spec.model_copy(update={"planning": p})
-    if corr == "none":
-        c = W.build_correction(
-            spec.correction.model_copy(update={"kind": "none"}),
-            torch.zeros(10, 64),
-            None,
-            frozenset(),
-            "none",
-        )
-    else:
-        if bank is None:
-            length = spec.data.length
-            probe = tworooms.generate(
-                spec.env,
-                spec.data,
-                math.ceil(spec.eval.probe_frames / length),
-                length,
-                seed,
-                "probe",
-            )
-            real = W.encode(model, probe.frames).flatten(0, 1)
-            bd = tworooms.generate(
-                spec.env, spec.data, spec.correction.bank_trajectories, length, seed, "bank"
-            )
-            bank = Bank(
-                W.encode(model, bd.frames).flatten(0, 1), frozenset({W.stream_seed("bank", seed)})
-            )
-        c = build_correction(
-            spec.correction, real, bank, frozenset({W.stream_seed(split, seed)}), corr
-        )
-    s2 = s2.model_copy(update={"correction": spec.correction.model_copy(update={"kind": "none"})})
+    c = build_correction(spec.correction, real, bank, held_out, corr)
+    # the planner's one arm is "cem" with correction c: the spec's own correction arm is off
+    off = spec.correction.model_copy(update={"kind": "none"})
+    s2 = spec.model_copy(update={"planning": p, "correction": off})
     t = time.perf_counter()
     metrics, outcomes = W._planning(model, s2, {"none": c}, split, n)
     dt = time.perf_counter() - t
